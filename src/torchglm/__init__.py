@@ -1,3 +1,40 @@
-"""torchglm: GLM (General Language Model, autoregressive blank infilling) on current PyTorch."""
+"""torchglm: GLM (General Language Model, autoregressive blank infilling) on current PyTorch.
+
+Importing the package registers GLM with the ``transformers`` Auto classes under ``model_type="torchglm"``,
+so folders saved by torchglm load with ``AutoModel*.from_pretrained`` and no ``trust_remote_code``.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+)
+
+from torchglm.config import PRESETS, GLMConfig
+from torchglm.model import (
+    GLMForConditionalGeneration,
+    GLMForMultipleChoice,
+    GLMForSequenceClassification,
+    GLMModel,
+    GLMPreTrainedModel,
+)
 
 __version__ = "0.1.0"
+
+AutoConfig.register(GLMConfig.model_type, GLMConfig, exist_ok=True)
+AutoModel.register(GLMConfig, GLMModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(GLMConfig, GLMForConditionalGeneration, exist_ok=True)
+AutoModelForMultipleChoice.register(GLMConfig, GLMForMultipleChoice, exist_ok=True)
+AutoModelForSequenceClassification.register(GLMConfig, GLMForSequenceClassification, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "GLMConfig",
+    "GLMModel",
+    "GLMPreTrainedModel",
+    "GLMForConditionalGeneration",
+    "GLMForMultipleChoice",
+    "GLMForSequenceClassification",
+]

@@ -1,0 +1,513 @@
+"""The GLM transformer, read top to bottom: embeddings, attention, MLP, block, GLMModel, heads.
+
+GLM is a pre-LayerNorm transformer whose attention mask lets part A (the text with blanks) attend
+bidirectionally while part B (the spans being generated) attends to all of part A and causally to itself.
+That mask is usually given by one number per sample, ``sep``: keys before ``sep`` are visible to every query,
+keys from ``sep`` on only to queries at or after them. Each token has two positions: its place in the text
+(a part-B token takes the position of its blank) and its place inside its span (0 in part A, 1.. in part B).
+
+Parameter names are those of the released checkpoints, so they load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
+
+from torchglm.config import GLMConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention masks
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | int | None, batch_size: int, query_length: int, past_length: int, device
+) -> tuple[torch.Tensor | None, bool]:
+    """Turn any of the accepted mask forms into a boolean SDPA mask (True = may attend).
+
+    Returns ``(mask, is_causal)``; ``mask`` is ``[B or 1, 1, Lq, Lk]`` or None when every key is visible or
+    plain causal attention (``is_causal``) says it all, which lets SDPA pick its fastest kernel.
+
+    Accepted forms, as in the original: ``None`` (the new tokens see the whole cache and themselves causally),
+    a scalar or ``[B]`` ``sep`` (keys ``< sep`` visible to every query, causal after), or an explicit
+    ``[B, 1, Lq, Lk]`` 0/1 mask.
+    """
+    key_length = past_length + query_length
+    if attention_mask is None:
+        attention_mask = past_length
+    if isinstance(attention_mask, int) or (torch.is_tensor(attention_mask) and attention_mask.dim() <= 1):
+        sep = torch.as_tensor(attention_mask, device=device)
+        if sep.dim() == 1 and sep.numel() != batch_size:
+            raise ValueError(f"attention_mask as sep has {sep.numel()} entries; expected one per sample ({batch_size})")
+        if sep.is_floating_point():
+            raise ValueError(f"attention_mask as sep must hold integers, got dtype {sep.dtype}")
+        low, high = int(sep.min()), int(sep.max())
+        if low < 0 or high > key_length:
+            bad = low if low < 0 else high
+            raise ValueError(f"sep = {bad} is outside [0, {key_length}] (the key length)")
+        if query_length == 1:
+            return None, False  # one new token sees every key before it and itself, whatever sep is
+        if sep.dim() == 0:
+            if int(sep) >= key_length:
+                return None, False  # fully bidirectional
+            if int(sep) == 0 and past_length == 0:
+                return None, True
+        keys = torch.arange(key_length, device=device)
+        queries = torch.arange(past_length, key_length, device=device)
+        causal = keys[None, :] <= queries[:, None]  # [Lq, Lk]
+        visible = keys[None, None, :] < sep.view(-1, 1, 1)  # [B or 1, 1, Lk]
+        return (causal[None] | visible)[:, None], False
+    if attention_mask.dim() == 3:
+        attention_mask = attention_mask[:, None]
+    if attention_mask.dim() != 4:
+        raise ValueError(
+            f"attention_mask must be a sep (scalar or [B]) or a [B, 1, Lq, Lk] 0/1 mask, "
+            f"got shape {tuple(attention_mask.shape)}"
+        )
+    expected = (query_length, key_length)
+    if tuple(attention_mask.shape[-2:]) != expected or attention_mask.shape[0] not in (1, batch_size):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected [{batch_size}, 1, "
+            f"{query_length}, {key_length}] (queries x cached + new keys)"
+        )
+    return attention_mask.to(device=device) != 0, False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class GLMAttention(nn.Module):
+    """Multi-head self-attention with a fused q|k|v projection (contiguous thirds), through SDPA."""
+
+    def __init__(self, config: GLMConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = config.attention_dropout_prob
+        self.output_dropout = nn.Dropout(config.output_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # [B, L, H]
+        mask: torch.Tensor | None,  # [B or 1, 1, Lq, Lk] bool
+        is_causal: bool,
+        empty_rows: torch.Tensor | None,  # [B or 1, 1, Lq, 1] bool: queries that may see no key
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        qkv = self.query_key_value(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, D]
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        if empty_rows is not None:
+            # The original gives a query that may see nothing a uniform average over all keys (every score is
+            # -10000); a zero query does the same through SDPA and keeps padding rows free of NaN.
+            query = query.masked_fill(empty_rows, 0.0)
+            mask = mask | empty_rows
+        context = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # [B, heads, L, D]
+        context = context.transpose(1, 2).reshape(batch, length, -1)
+        return self.output_dropout(self.dense(context))
+
+
+class GLMMLP(nn.Module):
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.output_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.gelu(self.dense_h_to_4h(hidden_states), approximate="tanh")  # the original's GELU
+        return self.dropout(self.dense_4h_to_h(hidden_states))
+
+
+class GLMBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then + mlp(ln(.))."""
+
+    def __init__(self, config: GLMConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.attention = GLMAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.mlp = GLMMLP(config)
+
+    def forward(self, hidden_states, mask=None, is_causal=False, empty_rows=None, cache=None):
+        hidden_states = hidden_states + self.attention(
+            self.input_layernorm(hidden_states), mask, is_causal, empty_rows, cache
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class GLMTransformer(nn.Module):
+    """Position tables, the blocks and the final LayerNorm (the released checkpoints' ``transformer.*``)."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        table_rows = config.max_sequence_length + 1
+        self.position_embeddings = nn.Embedding(table_rows, config.hidden_size)
+        if config.block_position_encoding:
+            self.block_position_embeddings = nn.Embedding(table_rows, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
+        self.layers = nn.ModuleList(GLMBlock(config, i) for i in range(config.num_layers))
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class GLMPreTrainedModel(PreTrainedModel):
+    config_class = GLMConfig
+    base_model_prefix = "glm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMBlock"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+    # Parameters a head adds on top of a pretrained GLM: missing in a language-model checkpoint by design.
+    _new_head_keys: tuple[str, ...] = ()
+
+    def _init_weights(self, module: nn.Module):
+        """The original's init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if isinstance(module, (GLMAttention, GLMMLP)):
+            output = module.dense if isinstance(module, GLMAttention) else module.dense_4h_to_h
+            init.normal_(output.weight, mean=0.0, std=std / math.sqrt(2.0 * self.config.num_layers))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a released GLM folder (``config.json`` + ``pytorch_model.bin``) or a torchglm safetensors folder.
+
+        Unlike plain transformers, a missing or unexpected weight is an error listing the keys, except the
+        parameters of a freshly added head (``_new_head_keys``), which are initialised and reported.
+        """
+        from torchglm.checkpoint import check_checkpoint_folder
+
+        check_checkpoint_folder(pretrained_model_name_or_path)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith(cls._new_head_keys or ("\0",)))
+        unexpected = sorted(info["unexpected_keys"])
+        mismatched = sorted(str(m) for m in info.get("mismatched_keys", []))
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} does not fit {cls.__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}, mismatched shapes {mismatched}"
+            )
+        return (model, info) if wants_info else model
+
+
+class GLMModel(GLMPreTrainedModel):
+    """The GLM trunk: word + position + block-position embeddings, blocks, final LayerNorm -> hidden states."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.transformer = GLMTransformer(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # [B, L]
+        position_ids: torch.LongTensor | None = None,  # [B, 2, L] (position, block position) or [B, L]
+        attention_mask: torch.Tensor | int | None = None,  # sep (scalar or [B]) or [B, 1, Lq, Lk] 0/1
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,  # deprecated transformers name of `cache`
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if cache is None:
+            cache = past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            self._check_ids(input_ids, "input_ids", self.config.vocab_size)
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
+            cache = DynamicCache()
+        if not use_cache:
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
+
+        positions, block_positions = self._split_positions(position_ids, batch, length, past_length, inputs_embeds)
+        hidden_states = inputs_embeds + self.transformer.position_embeddings(positions)
+        if self.config.block_position_encoding:
+            hidden_states = hidden_states + self.transformer.block_position_embeddings(block_positions)
+        hidden_states = self.transformer.embedding_dropout(hidden_states)
+
+        mask, is_causal = build_attention_mask(attention_mask, batch, length, past_length, inputs_embeds.device)
+        empty_rows = None
+        if mask is not None and torch.is_tensor(attention_mask) and attention_mask.dim() >= 3:
+            empty_rows = ~mask.any(dim=-1, keepdim=True)
+            if not empty_rows.any():
+                empty_rows = None
+
+        all_hidden_states = [] if output_hidden_states else None
+        for block in self.transformer.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states = block(hidden_states, mask=mask, is_causal=is_causal, empty_rows=empty_rows, cache=cache)
+        hidden_states = self.transformer.final_layernorm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+    def _split_positions(self, position_ids, batch, length, past_length, reference):
+        """Return (positions, block positions), each [B, L]; default: 0.. after the cache, block position 0."""
+        if position_ids is None:
+            positions = torch.arange(past_length, past_length + length, device=reference.device).expand(batch, -1)
+            return positions, torch.zeros_like(positions)
+        expected = (batch, 2, length) if self.config.block_position_encoding else None
+        if position_ids.dim() == 3:
+            if position_ids.shape[0] != batch or position_ids.shape[1] != 2 or position_ids.shape[2] != length:
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected [{batch}, 2, {length}]")
+            positions, block_positions = position_ids[:, 0], position_ids[:, 1]
+        elif position_ids.dim() == 2 and not self.config.block_position_encoding:
+            if tuple(position_ids.shape) != (batch, length):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected [{batch}, {length}]")
+            positions, block_positions = position_ids, torch.zeros_like(position_ids)
+        else:
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}; expected {list(expected or (batch, length))}"
+            )
+        limit = self.config.max_sequence_length + 1
+        self._check_ids(positions, "position id", limit)
+        if self.config.block_position_encoding:
+            self._check_ids(block_positions, "block position id", limit)
+        return positions, block_positions
+
+    @staticmethod
+    def _check_ids(ids: torch.Tensor, what: str, limit: int):
+        if ids.numel() == 0:
+            return
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= limit:
+            bad = low if low < 0 else high
+            raise ValueError(f"{what} {bad} is outside the table [0, {limit - 1}] (size {limit})")
+
+
+@dataclass
+class GLMMultipleChoiceOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # [B, C] summed (optionally length-normalised) log-probabilities
+    cache: Cache | None = None
+
+
+class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
+    """GLM with its language-model head (tied to the word embeddings, no bias).
+
+    ``labels`` are aligned with the input positions (the label at position i is what position i predicts),
+    not shifted, with -100 ignored, as in the original.
+    """
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.glm = GLMModel(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.glm.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.glm.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | int | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.glm(
+            input_ids,
+            position_ids,
+            attention_mask,
+            cache=cache if cache is not None else past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = F.linear(outputs.last_hidden_state, self.glm.word_embeddings.weight)  # [B, L, V]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
+
+
+class GLMForMultipleChoice(GLMPreTrainedModel):
+    """Scores each answer choice by the summed log-probability of its tokens (the cloze formulation).
+
+    Two input layouts, both of the original code:
+    - packed (released ``build_inputs_for_multiple_choice``): ``input_ids [B, L]`` holding the context once and
+      every choice as its own part-B block under a 4-D mask, with ``choice_ids``/``choice_indices`` ``[B, C, T]``
+      (the token ids of each choice, padded with -100, and the positions whose logits predict them);
+    - one sequence per choice (original SuperGLUE code): ``input_ids [B, C, L]`` with ``target_ids`` and
+      ``logit_mask`` ``[B, C, L]`` aligned with the positions.
+    ``length_penalty`` > 0 divides each score by (number of choice tokens) ** length_penalty.
+    """
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.glm = GLMModel(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | int | None = None,
+        choice_ids=None,
+        choice_indices=None,
+        target_ids: torch.LongTensor | None = None,
+        logit_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        length_penalty: float = 0.0,
+        **kwargs,
+    ) -> GLMMultipleChoiceOutput:
+        num_choices = None
+        if input_ids.dim() == 3:  # one sequence per choice: fold choices into the batch
+            batch, num_choices, length = input_ids.shape
+            input_ids = input_ids.reshape(-1, length)
+            if position_ids is not None:
+                position_ids = position_ids.reshape(batch * num_choices, *position_ids.shape[2:])
+            if torch.is_tensor(attention_mask) and attention_mask.dim() >= 2:
+                attention_mask = attention_mask.reshape(batch * num_choices, *attention_mask.shape[2:])
+        if target_ids is not None:
+            target_ids = target_ids.reshape(input_ids.shape)
+            keep = logit_mask.reshape(input_ids.shape) != 0 if logit_mask is not None else target_ids >= 0
+            choice_ids = target_ids.masked_fill(~keep, -100)[:, None]  # [N, 1, L]
+            choice_indices = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(choice_ids)
+        if choice_ids is None or choice_indices is None:
+            raise ValueError("GLMForMultipleChoice needs choice_ids and choice_indices, or target_ids")
+        choice_ids, choice_indices = _pad_choices(choice_ids, -100), _pad_choices(choice_indices, 0)
+        choice_ids, choice_indices = choice_ids.to(input_ids.device), choice_indices.to(input_ids.device)
+
+        hidden = self.glm(input_ids, position_ids, attention_mask, use_cache=False, **kwargs).last_hidden_state
+        n, c, t = choice_indices.shape
+        picked = hidden.gather(1, choice_indices.reshape(n, c * t, 1).expand(-1, -1, hidden.shape[-1]))
+        log_probs = F.log_softmax(F.linear(picked, self.glm.word_embeddings.weight).float(), dim=-1)  # [N, C*T, V]
+        valid = choice_ids >= 0
+        token_scores = log_probs.gather(-1, choice_ids.clamp(min=0).reshape(n, c * t, 1)).reshape(n, c, t)
+        scores = (token_scores * valid).sum(-1)  # [N, C]
+        if length_penalty > 0:
+            scores = scores / valid.sum(-1).clamp(min=1) ** length_penalty
+        if num_choices is not None:
+            scores = scores.reshape(-1, num_choices)
+        loss = F.cross_entropy(scores, labels.to(scores.device)) if labels is not None else None
+        return GLMMultipleChoiceOutput(loss=loss, logits=scores)
+
+
+def _pad_choices(values, pad_value: int) -> torch.Tensor:
+    """Accept ``[B, C, T]`` tensors or the released nested lists of per-choice 1-D tensors."""
+    if torch.is_tensor(values):
+        return values.long()
+    rows = [[torch.as_tensor(choice, dtype=torch.long) for choice in sample] for sample in values]
+    longest = max((len(choice) for sample in rows for choice in sample), default=0)
+    most = max(len(sample) for sample in rows)
+    out = torch.full((len(rows), most, longest), pad_value, dtype=torch.long)
+    for i, sample in enumerate(rows):
+        for j, choice in enumerate(sample):
+            out[i, j, : len(choice)] = choice
+    return out
+
+
+class GLMForSequenceClassification(GLMPreTrainedModel):
+    """Pools one token's hidden state -> tanh(dense) -> dropout -> out_proj, as the original's classifier.
+
+    ``config.pool_token``: ``cls`` takes position 0, ``start`` the position ``sep``, ``pad`` the position
+    ``sep - 1`` (these two need ``attention_mask`` given as ``sep``).
+    """
+
+    _new_head_keys = ("dense.", "out_proj.", "glm.dense.", "glm.out_proj.")
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.glm = GLMModel(config)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.output_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | int | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        num_choices = None
+        if input_ids.dim() == 3:  # [B, C, L]: one sequence per choice, one score each
+            num_choices = input_ids.shape[1]
+            input_ids = input_ids.flatten(0, 1)
+            if position_ids is not None:
+                position_ids = position_ids.flatten(0, 1)
+            if torch.is_tensor(attention_mask) and attention_mask.dim() >= 2:
+                attention_mask = attention_mask.flatten(0, 1)
+        hidden = self.glm(input_ids, position_ids, attention_mask, use_cache=False, **kwargs).last_hidden_state
+        if self.config.pool_token == "cls":
+            pooled = hidden[:, 0]
+        else:
+            if not torch.is_tensor(attention_mask) or attention_mask.dim() > 1:
+                raise ValueError(f"pool_token={self.config.pool_token!r} needs attention_mask given as sep")
+            index = attention_mask.expand(hidden.shape[0]) - (1 if self.config.pool_token == "pad" else 0)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        logits = self.out_proj(self.dropout(torch.tanh(self.dense(pooled))))
+        if num_choices is not None:
+            logits = logits.reshape(-1, num_choices)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
