@@ -96,6 +96,7 @@ class GLMAttention(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense.is_residual_output = True  # initialised with the depth-scaled std, as the original
         self.attention_dropout = config.attention_dropout_prob
         self.output_dropout = nn.Dropout(config.output_dropout_prob)
 
@@ -134,6 +135,7 @@ class GLMMLP(nn.Module):
         super().__init__()
         self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
         self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_4h_to_h.is_residual_output = True
         self.dropout = nn.Dropout(config.output_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -190,6 +192,8 @@ class GLMPreTrainedModel(PreTrainedModel):
         """The original's init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_output", False):
+                std = std / math.sqrt(2.0 * self.config.num_layers)
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -198,9 +202,6 @@ class GLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        if isinstance(module, (GLMAttention, GLMMLP)):
-            output = module.dense if isinstance(module, GLMAttention) else module.dense_4h_to_h
-            init.normal_(output.weight, mean=0.0, std=std / math.sqrt(2.0 * self.config.num_layers))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
