@@ -50,7 +50,10 @@ def reference(shared_dir):
     return model, load_file(folder / "cases.safetensors")
 
 
-@pytest.mark.parametrize("case, mask_key", [("sep", "sep_sep"), ("scalar", "scalar_sep"), ("mask", "mask_attention_mask")])
+GOLDEN_CASES = [("sep", "sep_sep"), ("scalar", "scalar_sep"), ("mask", "mask_attention_mask")]
+
+
+@pytest.mark.parametrize("case, mask_key", GOLDEN_CASES)
 def test_logits_match_original(reference, case, mask_key):
     model, cases = reference
     prefix = "sep" if case == "scalar" else case
@@ -263,9 +266,7 @@ def brute_force_choice_score(model, context, position_ids, sep, choice_tokens):
     """Score one choice by running context + sop + choice[:-1] as its own sequence."""
     ids = torch.cat([context, torch.tensor([1]), choice_tokens[:-1]])[None]
     n = len(choice_tokens)
-    positions = torch.cat(
-        [position_ids, torch.stack([torch.full((n,), sep - 1), torch.arange(1, n + 1)])], dim=1
-    )[None]
+    positions = torch.cat([position_ids, torch.stack([torch.full((n,), sep - 1), torch.arange(1, n + 1)])], dim=1)[None]
     log_probs = model(ids, positions, sep).logits.log_softmax(-1)[0, sep:]
     return log_probs[torch.arange(n), choice_tokens].sum()
 
@@ -317,13 +318,15 @@ def test_multiple_choice_packed_equals_one_sequence_per_choice():
         targets[0, j, 6 : 6 + n] = choice
         logit_mask[0, j, 6 : 6 + n] = 1
     with torch.no_grad():
-        per_choice = mc(ids, positions, torch.tensor([[6, 6]]), target_ids=targets, logit_mask=logit_mask,
-                        length_penalty=1.0).logits
+        per_choice = mc(
+            ids, positions, torch.tensor([[6, 6]]), target_ids=targets, logit_mask=logit_mask, length_penalty=1.0
+        ).logits
     torch.testing.assert_close(per_choice[0], expected / torch.tensor([3.0, 1.0]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pool_token, index", [("cls", lambda sep: 0), ("start", lambda sep: sep),
-                                               ("pad", lambda sep: sep - 1)])
+@pytest.mark.parametrize(
+    "pool_token, index", [("cls", lambda sep: 0), ("start", lambda sep: sep), ("pad", lambda sep: sep - 1)]
+)
 def test_sequence_classification_pools_the_original_token(pool_token, index):
     model = tiny_model(GLMForSequenceClassification, pool_token=pool_token, num_labels=3)
     ids, positions = random_inputs(batch=2, length=10)

@@ -126,21 +126,23 @@ BERT_VOCAB = 30592  # 30522 WordPiece tokens + command tokens, padded to a multi
 GPT2_VOCAB = 50304  # 50257 BPE tokens + command tokens, padded
 CHINESE_VOCAB = 50048  # 50000 SentencePiece pieces + command tokens, padded
 
+
+def _size(layers: int, hidden: int, heads: int, seq: int, vocab: int) -> dict[str, Any]:
+    return dict(
+        num_layers=layers, hidden_size=hidden, num_attention_heads=heads, max_sequence_length=seq, vocab_size=vocab
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(num_layers=2, hidden_size=64, num_attention_heads=4, max_sequence_length=128, vocab_size=BERT_VOCAB),
-    "base": dict(num_layers=12, hidden_size=768, num_attention_heads=12, max_sequence_length=512, vocab_size=BERT_VOCAB),
-    "large": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_sequence_length=512, vocab_size=BERT_VOCAB),
-    "large-chinese": dict(
-        num_layers=24, hidden_size=1024, num_attention_heads=16, max_sequence_length=1024, vocab_size=CHINESE_VOCAB
-    ),
-    "roberta-large": dict(
-        num_layers=24, hidden_size=1024, num_attention_heads=16, max_sequence_length=512, vocab_size=GPT2_VOCAB
-    ),
-    "410m": dict(num_layers=30, hidden_size=1024, num_attention_heads=16, max_sequence_length=512, vocab_size=BERT_VOCAB),
-    "515m": dict(num_layers=30, hidden_size=1152, num_attention_heads=18, max_sequence_length=512, vocab_size=BERT_VOCAB),
-    "2b": dict(num_layers=36, hidden_size=2048, num_attention_heads=32, max_sequence_length=1024, vocab_size=GPT2_VOCAB),
-    "10b": dict(num_layers=48, hidden_size=4096, num_attention_heads=64, max_sequence_length=1024, vocab_size=GPT2_VOCAB),
-    "10b-chinese": dict(
-        num_layers=48, hidden_size=4096, num_attention_heads=64, max_sequence_length=1024, vocab_size=CHINESE_VOCAB
-    ),
+    # name: (layers, hidden, heads, max sequence length, vocabulary)
+    "tiny": _size(2, 64, 4, 128, BERT_VOCAB),
+    "base": _size(12, 768, 12, 512, BERT_VOCAB),
+    "large": _size(24, 1024, 16, 512, BERT_VOCAB),
+    "large-chinese": _size(24, 1024, 16, 1024, CHINESE_VOCAB),
+    "roberta-large": _size(24, 1024, 16, 512, GPT2_VOCAB),
+    "410m": _size(30, 1024, 16, 512, BERT_VOCAB),
+    "515m": _size(30, 1152, 18, 512, BERT_VOCAB),
+    "2b": _size(36, 2048, 32, 1024, GPT2_VOCAB),
+    "10b": _size(48, 4096, 64, 1024, GPT2_VOCAB),
+    "10b-chinese": _size(48, 4096, 64, 1024, CHINESE_VOCAB),
 }

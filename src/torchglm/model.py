@@ -24,7 +24,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from torchglm.config import GLMConfig
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
 
