@@ -42,6 +42,8 @@ def build_attention_mask(
     """
     key_length = past_length + query_length
     if attention_mask is None:
+        if query_length == 1 or past_length == 0:
+            return None, query_length > 1  # decoding one token sees everything; no cache: plain causal
         attention_mask = past_length
     if isinstance(attention_mask, int) or (torch.is_tensor(attention_mask) and attention_mask.dim() <= 1):
         sep = torch.as_tensor(attention_mask, device=device)
@@ -49,7 +51,7 @@ def build_attention_mask(
             raise ValueError(f"attention_mask as sep has {sep.numel()} entries; expected one per sample ({batch_size})")
         if sep.is_floating_point():
             raise ValueError(f"attention_mask as sep must hold integers, got dtype {sep.dtype}")
-        low, high = int(sep.min()), int(sep.max())
+        low, high = _min_max(sep)
         if low < 0 or high > key_length:
             bad = low if low < 0 else high
             raise ValueError(f"sep = {bad} is outside [0, {key_length}] (the key length)")
@@ -79,6 +81,14 @@ def build_attention_mask(
             f"{query_length}, {key_length}] (queries x cached + new keys)"
         )
     return attention_mask.to(device=device) != 0, False
+
+
+def _min_max(values: torch.Tensor) -> tuple[int, int]:
+    """Both bounds in one reduction and one device sync: input checks run at every decoding step."""
+    if values.dim() == 0:
+        return int(values), int(values)
+    low, high = torch.stack(torch.aminmax(values)).tolist()
+    return low, high
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,7 +334,7 @@ class GLMModel(GLMPreTrainedModel):
     def _check_ids(ids: torch.Tensor, what: str, limit: int):
         if ids.numel() == 0:
             return
-        low, high = int(ids.min()), int(ids.max())
+        low, high = _min_max(ids)
         if low < 0 or high >= limit:
             bad = low if low < 0 else high
             raise ValueError(f"{what} {bad} is outside the table [0, {limit - 1}] (size {limit})")
