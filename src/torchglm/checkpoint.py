@@ -7,8 +7,11 @@ without the ``glm.`` prefix, fp16 or fp32); torchglm saves ``model.safetensors``
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+
+import torch
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -31,3 +34,100 @@ def check_checkpoint_folder(path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"model folder {folder} has no config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"model folder {folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original training checkpoints split for model parallelism (Megatron-style `mp_rank_XX_model_states.pt`)
+
+# How the original partitions each parameter across model-parallel ranks: the dimension it is split along, or
+# None where every rank holds a full copy. query_key_value is column-parallel with each rank holding q|k|v of its
+# own heads, so merging interleaves thirds (see `_merge_query_key_value`).
+_COLUMN_PARALLEL = ("attention.query_key_value.", "mlp.dense_h_to_4h.")
+_ROW_PARALLEL_WEIGHTS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+
+
+def _partition_dim(name: str) -> int | None:
+    if name == "word_embeddings.weight":
+        return 0  # vocabulary-parallel embedding
+    if any(part in name for part in _COLUMN_PARALLEL):
+        return 0
+    if name.endswith(_ROW_PARALLEL_WEIGHTS):
+        return 1
+    return None
+
+
+def _load_pickle_free(path: Path) -> dict:
+    """Read an original ``.pt`` with ``weights_only=True``; its only non-tensor object is argparse's Namespace."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read {path} as a checkpoint of tensors: {error}") from error
+
+
+def find_model_parallel_shards(folder: str | os.PathLike) -> list[Path]:
+    """The shard files of the newest iteration of an original training checkpoint folder, in rank order."""
+    folder = Path(folder)
+    marker = folder / "latest_checkpointed_iteration.txt"
+    if not marker.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no latest_checkpointed_iteration.txt: not an original training checkpoint"
+        )
+    tag = marker.read_text().strip()
+    shards = sorted((folder / tag).glob("mp_rank_*_model_states.pt"))
+    if not shards:
+        raise FileNotFoundError(f"{folder / tag} has no mp_rank_XX_model_states.pt files (named by {marker})")
+    return shards
+
+
+def merge_model_parallel(shard_states: list[dict]) -> dict:
+    """Merge per-rank state dicts of the original model-parallel layout into one full state dict."""
+    ranks = len(shard_states)
+    if ranks == 1:
+        return dict(shard_states[0])
+    names = list(shard_states[0])
+    for rank, state in enumerate(shard_states[1:], start=1):
+        if list(state) != names:
+            raise ValueError(f"model-parallel rank {rank} holds other parameters than rank 0")
+    merged = {}
+    for name in names:
+        parts = [state[name] for state in shard_states]
+        dim = _partition_dim(name)
+        if dim is None:
+            merged[name] = parts[0]
+        elif "query_key_value" in name:
+            thirds = [part.chunk(3, dim=0) for part in parts]  # per rank: q_r, k_r, v_r
+            merged[name] = torch.cat([torch.cat([t[i] for t in thirds], dim=0) for i in range(3)], dim=0)
+        else:
+            merged[name] = torch.cat(parts, dim=dim)
+    return merged
+
+
+def split_model_parallel(state: dict, ranks: int) -> list[dict]:
+    """The inverse of `merge_model_parallel`: the state dict each of ``ranks`` model-parallel ranks holds."""
+    shards: list[dict] = [{} for _ in range(ranks)]
+    for name, tensor in state.items():
+        dim = _partition_dim(name)
+        if dim is None:
+            pieces = [tensor] * ranks
+        elif tensor.shape[dim] % ranks:
+            raise ValueError(f"{name} has {tensor.shape[dim]} rows along dim {dim}, not divisible by {ranks} ranks")
+        elif "query_key_value" in name:
+            q, k, v = (third.chunk(ranks, dim=0) for third in tensor.chunk(3, dim=0))
+            pieces = [torch.cat((q[r], k[r], v[r]), dim=0) for r in range(ranks)]
+        else:
+            pieces = list(tensor.chunk(ranks, dim=dim))
+        for shard, piece in zip(shards, pieces, strict=True):
+            shard[name] = piece.clone()
+    return shards
+
+
+def load_model_parallel_checkpoint(folder: str | os.PathLike) -> dict:
+    """Read and merge an original training checkpoint (``latest_checkpointed_iteration.txt`` + shards)."""
+    states = []
+    for path in find_model_parallel_shards(folder):
+        checkpoint = _load_pickle_free(path)
+        if "module" not in checkpoint:
+            raise ValueError(f"{path} has no 'module' entry (keys: {sorted(checkpoint)})")
+        states.append(checkpoint["module"])
+    return merge_model_parallel(states)

@@ -1,7 +1,8 @@
 """One command line: ``torchglm fill|pretrain|finetune|evaluate|convert|prepare-data``.
 
-Each command is a thin layer over a Python function; its module owns its own argument parser
-(``add_arguments(parser)``) and entry point (``run(args)``), so this file only maps names to modules.
+Each command is a thin layer over a Python function; its module owns its argument parser
+(``add_arguments(parser)``) and entry point (``run(args)``), so this file only maps names to modules, and
+imports only the module of the command that runs.
 """
 
 from __future__ import annotations
@@ -12,22 +13,32 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with add_arguments/run, one-line help)
+    "convert": ("torchglm.convert", "convert original or released checkpoints to torchglm folders"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchglm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+def command_parser(name: str) -> argparse.ArgumentParser:
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"torchglm {name}", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        listing = "\n".join(f"  {name:14} {help_text}" for name, (_, help_text) in COMMANDS.items())
+        usage = f"usage: torchglm COMMAND [options]\n\ncommands:\n{listing}\n\n'torchglm COMMAND --help' for more."
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"torchglm: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0 if argv else 2
+    args = command_parser(argv[0]).parse_args(argv[1:])
     return int(args._run(args) or 0)
 
 
