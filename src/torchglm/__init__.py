@@ -20,6 +20,7 @@ from torchglm.model import (
     GLMModel,
     GLMPreTrainedModel,
 )
+from torchglm.tokenization import GLMTokenizer, train_tokenizer
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,6 @@ __all__ = [
     "GLMForConditionalGeneration",
     "GLMForMultipleChoice",
     "GLMForSequenceClassification",
+    "GLMTokenizer",
+    "train_tokenizer",
 ]
