@@ -20,6 +20,7 @@ from torchglm.model import (
     GLMModel,
     GLMPreTrainedModel,
 )
+from torchglm.generation import GenerationOptions, fill, fill_ids
 from torchglm.tokenization import GLMTokenizer, train_tokenizer
 
 __version__ = "0.1.0"
@@ -39,5 +40,8 @@ __all__ = [
     "GLMForMultipleChoice",
     "GLMForSequenceClassification",
     "GLMTokenizer",
+    "GenerationOptions",
+    "fill",
+    "fill_ids",
     "train_tokenizer",
 ]

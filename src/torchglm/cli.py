@@ -13,7 +13,10 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with add_arguments/run, one-line help)
+    "fill": ("torchglm.fill_cli", "fill the [MASK]/[sMASK]/[gMASK] blanks of texts, or continue them"),
     "convert": ("torchglm.convert", "convert original or released checkpoints to torchglm folders"),
+    "pretrain": ("torchglm.train.pretrain", "pretrain GLM (one process, or torchrun: FSDP2 / TP / DeepSpeed)"),
+    "prepare-data": ("torchglm.data.prepare", "tokenize corpora into memory-mapped token shards (resumable)"),
 }
 
 

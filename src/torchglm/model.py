@@ -392,6 +392,47 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
+    # transformers' ``generate`` on the inputs of ``tokenizer.build_inputs_for_generation``: ``position_ids
+    # [B, 2, L+G]`` and ``generation_attention_mask [B, 1, L+G, L+G]`` plan every step ahead, so each step slices
+    # its rows instead of letting ``generate`` extend them. Fills of every blank: ``torchglm.generation.fill``.
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, position_ids=None, generation_attention_mask=None, use_cache=None, **kwargs
+    ):
+        if position_ids is None or position_ids.dim() != 3 or generation_attention_mask is None:
+            raise ValueError(
+                "GLM generate() takes the position_ids [B, 2, L+G] and generation_attention_mask [B, 1, L+G, L+G] "
+                "of tokenizer.build_inputs_for_generation(...)"
+            )
+        past, length = (cache.get_seq_length() if cache is not None else 0), input_ids.shape[1]
+        if length > position_ids.shape[-1]:
+            raise ValueError(
+                f"generation reached {length} tokens, past the {position_ids.shape[-1]} that "
+                "build_inputs_for_generation planned: raise its max_gen_length or lower max_length"
+            )
+        return {
+            "input_ids": input_ids[:, past:],
+            "position_ids": position_ids[..., past:length],
+            "attention_mask": generation_attention_mask[:, :, past:length, :length],
+            "cache": cache,
+            "use_cache": use_cache,
+        }
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        position_ids = model_kwargs.pop("position_ids", None)  # planned ahead: not to be extended by one
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        model_kwargs["position_ids"] = position_ids
+        return model_kwargs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # transformers repeats 3-D position_ids on dim 1 (multimodal layout); GLM's [B, 2, L] repeat on dim 0.
+        position_ids = model_kwargs.pop("position_ids", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if position_ids is not None:
+            model_kwargs["position_ids"] = position_ids.repeat_interleave(expand_size, dim=0)
+        return input_ids, model_kwargs
+
 
 class GLMForMultipleChoice(GLMPreTrainedModel):
     """Scores each answer choice by the summed log-probability of its tokens (the cloze formulation).

@@ -1,0 +1,164 @@
+"""Fill the [MASK], [sMASK] and [gMASK] blanks of texts, left to right; a text without a blank is continued.
+
+torchglm fill --model glm-large "Tsinghua University is located in [MASK]."
+torchglm fill --model glm-large --file texts.txt --json --num-beams 4      # one JSON object per line
+echo "Once upon a time" | torchglm fill --model glm-large --stream --sample --top-p 0.9 --seed 1
+torchglm fill --model glm-large --interactive
+
+Texts come from the arguments, else from --file (one per line, "-" for stdin), else from stdin. The model
+folder holds config.json, the weights and the tokenizer files (released folders do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+
+from torchglm.generation import FillResult, GenerationOptions, fill
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("texts", nargs="*", help="texts to fill (default: --file, else stdin)")
+    parser.add_argument("--model", help="checkpoint folder (config.json + weights + tokenizer files)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    parser.add_argument("--file", help="read texts from this file, one per line ('-': stdin)")
+    parser.add_argument("--interactive", action="store_true", help="prompt for texts until end of input")
+    parser.add_argument("--stream", action="store_true", help="print each token as it is generated")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per text, with every blank")
+    parser.add_argument("--truncate", action="store_true", help="drop tokens from the left of too long texts")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts decoded together (default 16)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    decoding = parser.add_argument_group("decoding (per blank)")
+    defaults = GenerationOptions()
+    decoding.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    decoding.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens)
+    decoding.add_argument("--num-beams", type=int, default=defaults.num_beams)
+    decoding.add_argument("--length-penalty", type=float, default=defaults.length_penalty)
+    decoding.add_argument(
+        "--early-stopping", choices=["true", "false", "never"], default="false", help="beam search stop rule"
+    )
+    decoding.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    decoding.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    decoding.add_argument("--ban", type=int, nargs="+", default=[], metavar="ID", help="token ids never generated")
+    decoding.add_argument("--sample", action="store_true", help="sample instead of greedy search")
+    decoding.add_argument("--temperature", type=float, default=defaults.temperature)
+    decoding.add_argument("--top-k", type=int, default=defaults.top_k)
+    decoding.add_argument("--top-p", type=float, default=defaults.top_p)
+    decoding.add_argument("--seed", type=int, help="seed for sampling")
+
+
+def options_from_args(args: argparse.Namespace) -> GenerationOptions:
+    early = {"true": True, "false": False, "never": "never"}[args.early_stopping]
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        early_stopping=early,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        repetition_penalty=args.repetition_penalty,
+        banned_ids=tuple(args.ban),
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
+def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "cpu", dtype: str = "float32"):
+    """A GLM model in eval mode and its tokenizer, from checkpoint folders."""
+    import torch
+
+    from torchglm.model import GLMForConditionalGeneration
+    from torchglm.tokenization import GLMTokenizer
+
+    model = GLMForConditionalGeneration.from_pretrained(model_folder, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
+
+
+def _read_texts(args: argparse.Namespace) -> Iterable[str]:
+    if args.texts:
+        return args.texts
+    if args.file and args.file != "-":
+        with open(args.file, encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle if line.strip()]
+    return (line.rstrip("\n") for line in sys.stdin if line.strip())
+
+
+def _print_result(result: FillResult, as_json: bool) -> None:
+    print(json.dumps(result.to_dict(), ensure_ascii=False) if as_json else result.filled, flush=True)
+
+
+class _Streamer:
+    """Prints one text's fills as they grow (blanks separated by " | "), then the filled text on its own line."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.blank = -1
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def __call__(self, sample: int, blank: int, token: int) -> None:
+        if blank != self.blank:
+            print(" | " if self.blank >= 0 else "", end="")
+            self.blank, self.tokens, self.shown = blank, [], ""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens).strip()
+        if text.startswith(self.shown):  # WordPiece/BPE may rewrite the tail; print once it is stable
+            print(text[len(self.shown) :], end="", flush=True)
+            self.shown = text
+
+    def run(self, model, text: str, options: GenerationOptions, truncate: bool) -> FillResult:
+        result = fill(model, self.tokenizer, text, options=options, truncate=truncate, on_token=self)
+        print("\n" + result.filled, flush=True)
+        return result
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.model:
+        print(
+            "torchglm fill: no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
+            "(config.json, weights and tokenizer files), e.g. a released GLM folder.",
+            file=sys.stderr,
+        )
+        return 2
+    options = options_from_args(args)
+    if args.stream and (args.json or options.num_beams > 1):
+        print("torchglm fill: --stream prints tokens as they come: not with --json or --num-beams > 1", file=sys.stderr)
+        return 2
+    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    if args.interactive:
+        while True:
+            try:
+                text = input("text> ")
+            except EOFError:
+                print()
+                return 0
+            if not text.strip():
+                continue
+            try:
+                if args.stream:
+                    _Streamer(tokenizer).run(model, text, options, args.truncate)
+                else:
+                    _print_result(fill(model, tokenizer, text, options=options, truncate=args.truncate), args.json)
+            except ValueError as error:  # a bad text should not end the session
+                print(f"error: {error}", file=sys.stderr)
+    texts = list(_read_texts(args))
+    if args.stream:
+        for text in texts:
+            _Streamer(tokenizer).run(model, text, options, args.truncate)
+        return 0
+    for start in range(0, len(texts), args.batch_size):
+        chunk = texts[start : start + args.batch_size]
+        for result in fill(
+            model, tokenizer, chunk, options=options, truncate=args.truncate, batch_size=args.batch_size
+        ):
+            _print_result(result, args.json)
+    return 0

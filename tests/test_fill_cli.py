@@ -1,0 +1,66 @@
+"""``torchglm fill``: the original's fills through the command line, texts from arguments, files and stdin."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from torchglm.cli import main
+
+
+@pytest.fixture(scope="module")
+def golden(shared_dir):
+    pytest.importorskip("torchglm.tokenization")
+    folder = shared_dir / "golden" / "glm-ref-fill"
+    return folder, json.loads((folder / "fill_cases.json").read_text())
+
+
+def run_fill(capsys, *args):
+    code = main(["fill", *map(str, args)])
+    out = capsys.readouterr().out
+    return code, out
+
+
+def test_cli_reproduces_the_golden_fills_as_json(golden, capsys):
+    folder, cases = golden
+    texts = [case["text"] for case in cases["cases"]]
+    code, out = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, "--json", "--batch-size", 4, *texts)
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == len(texts)
+    for line, case in zip(lines, cases["cases"], strict=True):
+        assert line["text"] == case["text"]
+        assert line["context_ids"] == case["context_ids"]
+        assert [blank["token_ids"] for blank in line["blanks"]] == case["fills"]
+        assert [blank["position"] for blank in line["blanks"]] == case["mask_positions"]
+
+
+def test_cli_reads_files_and_stdin_and_streams(golden, capsys, tmp_path, monkeypatch):
+    folder, cases = golden
+    texts = [case["text"] for case in cases["cases"][:3]]
+    _, expected = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, *texts)
+    assert len(expected.splitlines()) == 3
+    listing = tmp_path / "texts.txt"
+    listing.write_text("\n".join(texts) + "\n\n")
+    assert run_fill(capsys, "--model", folder, "--max-new-tokens", 8, "--file", listing) == (0, expected)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts) + "\n"))
+    assert run_fill(capsys, "--model", folder, "--max-new-tokens", 8) == (0, expected)
+    code, streamed = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, "--stream", texts[0])
+    assert code == 0 and streamed.splitlines()[-1] == expected.splitlines()[0]
+
+
+def test_cli_interactive_keeps_going_after_a_bad_text(golden, capsys, monkeypatch):
+    folder, cases = golden
+    monkeypatch.setattr("sys.stdin", io.StringIO("a [MASK2] b\n" + cases["cases"][1]["text"] + "\n"))
+    code = main(["fill", "--model", str(folder), "--max-new-tokens", "8", "--interactive"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "unknown blank '[MASK2]'" in captured.err
+    assert "Tsinghua University is located in" in captured.out
+
+
+def test_cli_without_a_model_says_what_to_pass(capsys):
+    assert main(["fill", "some text"]) == 2
+    assert "no --model given" in capsys.readouterr().err
