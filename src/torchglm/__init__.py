@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from torchglm.config import PRESETS, GLMConfig
+from torchglm.generation import GenerationOptions, fill, fill_ids
 from torchglm.model import (
     GLMForConditionalGeneration,
     GLMForMultipleChoice,
@@ -20,7 +21,6 @@ from torchglm.model import (
     GLMModel,
     GLMPreTrainedModel,
 )
-from torchglm.generation import GenerationOptions, fill, fill_ids
 from torchglm.tokenization import GLMTokenizer, train_tokenizer
 
 __version__ = "0.1.0"

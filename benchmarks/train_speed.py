@@ -1,0 +1,165 @@
+"""Training throughput and MFU of torchglm's trainer, against transformers' GPT-2 of the same dimensions.
+
+One optimizer step = forward + backward + gradient clipping + fused AdamW, through ``torchglm.train.Trainer``
+exactly as ``torchglm pretrain`` runs it (bf16 = autocast with fp32 master weights). MFU is model FLOPs
+(``6 N + 12 L H S`` per token, N = every weight matrix including the tied output projection) per second,
+divided by the matmul peak of the same dtype measured in the same run (median of timed ``torch.matmul`` of
+large squares). GLM batches are blank-infilling shaped (part A 85%, part B with targets 15%); GPT-2 predicts
+every token.
+
+    python benchmarks/train_speed.py                       # CPU: base at seq 512, fp32 and bf16
+    python benchmarks/train_speed.py --sizes large 2b      # GPU: the default there
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from torchglm import GLMConfig, GLMForConditionalGeneration
+from torchglm.train.config import job_config_from_dict
+from torchglm.train.logging import MetricLogger, measure_matmul_peak
+from torchglm.train.optim import build_optimizer, build_scheduler
+from torchglm.train.parallel import World, pick_device
+from torchglm.train.pretrain import GLMObjective, glm_flops_per_token
+from torchglm.train.trainer import LossSums, Trainer
+
+
+def glm_batch(batch: int, seq: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A blank-infilling shaped batch: part A (85%) bidirectional, part B (15%) causal with targets."""
+    sep = int(seq * 0.85)
+    ids = torch.randint(1000, vocab - 100, (batch, seq), generator=generator)
+    positions = torch.zeros(batch, 2, seq, dtype=torch.long)
+    positions[:, 0, :sep] = torch.arange(sep)
+    positions[:, 0, sep:] = torch.randint(0, sep, (seq - sep,), generator=generator)
+    positions[:, 1, sep:] = torch.arange(1, seq - sep + 1) % 8 + 1
+    labels = torch.full((batch, seq), -100)
+    labels[:, sep:] = ids[:, sep:]
+    return {"input_ids": ids, "position_ids": positions, "sep": torch.full((batch,), sep), "labels": labels,
+            "task": torch.zeros(batch, dtype=torch.long)}  # fmt: skip
+
+
+class CausalLM:
+    """GPT-2's objective: every next token."""
+
+    def count(self, batch):
+        return batch["input_ids"][:, 1:].numel()
+
+    def __call__(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
+        losses = F.cross_entropy(logits.float().flatten(0, 1), batch["input_ids"][:, 1:].flatten(), reduction="sum")
+        return LossSums(total=losses, count=self.count(batch), tokens=batch["input_ids"].numel())
+
+
+def gpt2_like(config: GLMConfig) -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=config.num_layers, n_embd=config.hidden_size, n_head=config.num_attention_heads,
+            n_positions=config.max_sequence_length, vocab_size=config.vocab_size, attn_implementation="sdpa",
+        )
+    )  # fmt: skip
+
+
+def make_trainer(model, objective, batches, device, precision: str, folder: str, steps: int) -> Trainer:
+    """The trainer ``torchglm pretrain`` would build for this model (AdamW, schedule, clipping, autocast)."""
+    size = len(batches[0]["labels"])
+    job = job_config_from_dict(
+        {
+            "train": {"output_dir": folder, "steps": steps, "global_batch_size": size, "micro_batch_size": size,
+                      "precision": precision},
+            "logging": {"progress_bar": False, "tensorboard": False},
+        }
+    )  # fmt: skip
+    optimizer = build_optimizer(model, job.optim)
+    scheduler = build_scheduler(optimizer, job.schedule, job.train.steps)
+    metrics = MetricLogger(folder, job.train.steps, False)
+    trainer = Trainer(
+        job, World(device=device), model, optimizer, scheduler, objective, None, None, metrics,
+        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+    )  # fmt: skip
+    trainer._batches = iter(batches * (steps + 1))
+    return trainer
+
+
+def paired_step_seconds(trainers, device, repeats: int) -> list[list[float]]:
+    """Wall time of ``repeats`` optimizer steps of each trainer, alternating them so that load changes on a
+    shared machine hit all alike (one warm-up step each first)."""
+    times = [[] for _ in trainers]
+    for round_ in range(repeats + 1):
+        for trainer, bucket in zip(trainers, times, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            trainer.train_step()
+            _sync(device)
+            if round_:
+                bucket.append(time.perf_counter() - start)
+    return times
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--sizes", nargs="+", default=["large", "2b"] if on_gpu else ["base"])
+    parser.add_argument("--precisions", nargs="+", default=["bf16"] if on_gpu else ["fp32", "bf16"])
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8 if on_gpu else 4, help="sequences per step")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median reported)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-peer", action="store_true", help="skip the GPT-2 peer")
+    parser.add_argument(
+        "--max-step-seconds", type=float, default=60, help="skip a precision whose step would take longer"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = pick_device("auto")
+    print(f"torch {torch.__version__}, {device}, {args.threads} threads, seq {args.seq}, {args.batch} sequences/step")
+    print(f"{'model':16} {'dtype':5} {'peak TF/s':>9} {'s/step':>8} {'tokens/s':>9} {'MFU':>6}   (median of the steps)")
+    for size in args.sizes:
+        config = GLMConfig.from_preset(size, max_sequence_length=max(args.seq, 512))
+        flops = glm_flops_per_token(config, args.seq)
+        generator = torch.Generator().manual_seed(0)
+        batches = [glm_batch(args.batch, args.seq, config.vocab_size, generator)]
+        for precision in args.precisions:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            peak = statistics.median(measure_matmul_peak(dtype, device) for _ in range(3))
+            estimate = flops * args.batch * args.seq / (peak * 1e12)
+            if estimate > args.max_step_seconds:
+                print(
+                    f"glm-{size:11} {precision:5} {peak:9.3f}  skipped: >= {estimate:.0f} s/step even at the measured "
+                    f"peak (--max-step-seconds {args.max_step_seconds:.0f}; try --batch 1 --seq 128)"
+                )
+                continue
+            models = [(f"glm-{size}", GLMForConditionalGeneration(config), GLMObjective())]
+            if not args.no_peer:
+                models.append((f"gpt2-{size}-dims", gpt2_like(config), CausalLM()))
+            with tempfile.TemporaryDirectory() as folder:
+                trainers = [
+                    make_trainer(model.to(device).train(), objective, batches, device, precision, folder, args.repeats)
+                    for _, model, objective in models
+                ]
+                times = paired_step_seconds(trainers, device, args.repeats)
+                for (name, _, _), trainer, seconds in zip(models, trainers, times, strict=True):
+                    trainer.metrics.close()
+                    median = statistics.median(seconds)
+                    rate = args.batch * args.seq / median
+                    print(
+                        f"{name:16} {precision:5} {peak:9.3f} {median:8.3f} {rate:9.1f} "
+                        f"{rate * flops / (peak * 1e12):6.1%}   steps: {', '.join(f'{t:.2f}' for t in seconds)}",
+                        flush=True,
+                    )
+            del models, trainers
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Training checkpoints: sharded ``torch.distributed.checkpoint`` (DCP) folders, written atomically, last N kept.
+
+Layout of ``OUTPUT/checkpoints``::
+
+    step-00000200/        a complete checkpoint
+        .metadata, __0_0.distcp, ...     model + optimizer, sharded as trained (DCP; any world size reloads them)
+        rank-00000.pt                    per-rank state: data position, RNG states (torch.save, tensors + ints)
+        trainer.json                     step, counters, scheduler, model signature, resolved config (written last)
+    step-00000300.partial/               a save in progress, or one cut short by a crash: never loaded
+
+Every rank writes into ``step-N.partial``; after all of them are done, rank 0 writes ``trainer.json`` and renames the
+folder to ``step-N`` (one atomic ``rename``). A crash at any moment leaves either the previous checkpoints only, or
+them plus a ``.partial`` folder, which :func:`find_latest` skips with a warning (and the next save removes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+logger = logging.getLogger("torchglm.train")
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+PARTIAL_SUFFIX = ".partial"
+TRAINER_FILE = "trainer.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed here (another model, missing files)."""
+
+
+def step_dir(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    """A ``step-N`` folder with ``trainer.json``: only the final rename creates one, so it holds every file."""
+    return STEP_DIR.match(path.name) is not None and (path / TRAINER_FILE).is_file()
+
+
+def find_latest(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``folder``; partial or damaged ones are skipped with a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    complete = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir():
+            continue
+        if path.name.endswith(PARTIAL_SUFFIX):
+            logger.warning("ignoring %s: an interrupted checkpoint save (incomplete, never loaded)", path)
+        elif STEP_DIR.match(path.name):
+            if is_complete(path):
+                complete.append(path)
+            else:
+                logger.warning("ignoring %s: it lacks %s (not a complete checkpoint)", path, TRAINER_FILE)
+    return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
+
+
+def resolve_resume(resume: str | None, checkpoints: Path) -> Path | None:
+    """``checkpoint.resume`` -> the checkpoint folder to load, or None to start fresh.
+
+    'latest' is the newest complete checkpoint of this run (None if there is none yet: a first start and a
+    restart use the same command). A path may name one checkpoint or a folder of them.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        return find_latest(checkpoints)
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint.resume: {path} does not exist")
+    if is_complete(path):
+        return path
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise CheckpointError(f"checkpoint.resume: {path} is an interrupted (partial) checkpoint save")
+    latest = find_latest(path) or find_latest(path / "checkpoints")
+    if latest is None:
+        raise CheckpointError(f"checkpoint.resume: {path} holds no complete checkpoint (step-N with {TRAINER_FILE})")
+    return latest
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+
+
+def check_compatible(path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """Compare the checkpoint's model signature with this run's; a difference is a CheckpointError naming it."""
+    state = read_trainer_state(path)
+    saved = state.get("model_signature", {})
+    different = {k: (saved.get(k), signature.get(k)) for k in sorted(set(saved) | set(signature))}
+    different = {k: v for k, v in different.items() if v[0] != v[1]}
+    if different:
+        listed = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in different.items())
+        raise CheckpointError(f"checkpoint {path} was saved by another model ({listed})")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RNG states (per rank)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states as tensors and plain values (loadable weights_only)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_tuple(value):
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Save / load
+
+
+class Checkpointer:
+    """Saves and restores the model, optimizer (DCP) and the trainer's small state, atomically, keeping the last N.
+
+    ``save_payload``/``load_payload`` default to DCP over ``get_state_dict(model, optimizer)``; the DeepSpeed
+    engine plugs its own writer in (see :mod:`torchglm.train.deepspeed`), keeping the atomic rename and rotation.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        keep_last: int,
+        rank: int = 0,
+        distributed: bool = False,
+        save_payload: Callable[[Path], None] | None = None,
+        load_payload: Callable[[Path], None] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+        self.rank = rank
+        self.distributed = distributed
+        self.save_payload = save_payload
+        self.load_payload = load_payload
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def save(self, step: int, trainer_state: dict[str, Any], rank_state: dict[str, Any], model=None, optimizer=None):
+        """Write checkpoint ``step``; returns its final folder. Collective: every rank calls it."""
+        final = step_dir(self.folder, step)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir()
+        self._barrier()
+        if self.save_payload is not None:
+            self.save_payload(partial)
+        else:
+            model_state, optim_state = get_state_dict(model, optimizer)
+            state = {"model": model_state, "optim": optim_state}
+            with _single_process_quiet():
+                dcp.save(state, checkpoint_id=partial, no_dist=not self.distributed)
+        torch.save(rank_state, partial / f"rank-{self.rank:05d}.pt")
+        self._barrier()
+        if self.rank == 0:
+            _write_json(partial / TRAINER_FILE, trainer_state)
+            if final.exists():  # a checkpoint of the same step from an earlier attempt
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            self._rotate()
+        self._barrier()
+        return final
+
+    def _rotate(self) -> None:
+        complete = sorted(
+            (p for p in self.folder.iterdir() if p.is_dir() and is_complete(p)),
+            key=lambda p: int(STEP_DIR.match(p.name).group(1)),
+        )
+        for old in complete[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.folder.glob(f"*{PARTIAL_SUFFIX}"):
+            logger.info("removing %s, left by an interrupted save", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def load(self, path: Path, model=None, optimizer=None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Restore model and optimizer in place; returns (trainer state, this rank's saved state or None)."""
+        if self.load_payload is not None:
+            self.load_payload(path)
+        else:
+            model_state, optim_state = get_state_dict(model, optimizer)
+            state = {"model": model_state, "optim": optim_state}
+            with _single_process_quiet():
+                dcp.load(state, checkpoint_id=path, no_dist=not self.distributed)
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rank_file = path / f"rank-{self.rank:05d}.pt"
+        rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else None
+        return read_trainer_state(path), rank_state
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every single-process save that it assumes one process: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,426 @@
+"""Pretrain GLM from scratch or continue pretraining, on one CPU/GPU or many processes with torchrun.
+
+    torchglm pretrain --config configs/pretrain/tiny.yaml
+    torchglm pretrain --config configs/pretrain/tiny.yaml --resume            # continue the run after a crash
+    torchglm pretrain --config configs/pretrain/base.yaml --data.path data/bert-shards --optim.lr 3e-4
+    torchrun --nproc-per-node 8 -m torchglm.cli pretrain --config configs/pretrain/large.yaml --train.precision bf16
+
+Every field of the config can be overridden with ``--section.field VALUE`` (see docs/pretraining.md); the
+run folder (``train.output_dir``) receives ``config.yaml``, ``log.jsonl``, ``tensorboard/``, ``checkpoints/`` and
+the final ``save_pretrained`` export (``final/``). Everything that can be checked is checked before the model is
+built: config keys and types, batch sizes against the world size, the token shards, the resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchglm.config import GLMConfig
+from torchglm.data import (
+    BLANK_PRESETS,
+    TASK_NAMES,
+    BlankConfig,
+    BlankInfillingBuilder,
+    TokenShards,
+    build_pretraining_stream,
+)
+from torchglm.model import GLMForConditionalGeneration
+
+from .checkpoint import Checkpointer, CheckpointError, check_compatible, find_latest, resolve_resume
+from .config import ConfigError, JobConfig, check_world, load_job_config, override_options
+from .logging import MetricLogger, device_peak_tflops, setup_console_logging, transformer_flops_per_token
+from .optim import build_optimizer, build_scheduler
+from .parallel import World, close_distributed, init_distributed, load_full_state, parallelize, world_size_from_env
+from .trainer import LossSums, Trainer
+
+logger = logging.getLogger("torchglm.train")
+
+SIGNATURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_sequence_length",
+    "block_position_encoding",
+)
+"""GLMConfig fields that make checkpoints incompatible when they differ (dropout may change on resume)."""
+
+
+def glm_tp_plan() -> dict[str, object]:
+    """GLM's tensor-parallel plan, as data: module pattern -> DTensor parallel style.
+
+    The MLP is split column-wise then row-wise (no communication in between). The released fused
+    ``query_key_value`` holds q, k and v as contiguous thirds, so a plain column split would not give each rank
+    whole heads: its output is gathered (``Replicate``) and the attention runs on every rank; ``dense`` is split
+    row-wise. Most of a block's FLOPs (the MLP) and all its large weights are sharded.
+    """
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    layers = "glm.transformer.layers.*"
+    return {
+        f"{layers}.attention.query_key_value": ColwiseParallel(output_layouts=Replicate()),
+        f"{layers}.attention.dense": RowwiseParallel(input_layouts=Replicate()),
+        f"{layers}.mlp.dense_h_to_4h": ColwiseParallel(),
+        f"{layers}.mlp.dense_4h_to_h": RowwiseParallel(),
+    }
+
+
+class GLMObjective:
+    """Token-level cross-entropy on ``labels`` (-100 ignored, aligned with the inputs), summed per objective."""
+
+    def __init__(self, part_names=TASK_NAMES):
+        self.part_names = tuple(part_names)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] != -100).sum())
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossSums:
+        mask = batch.get("attention_mask", batch.get("sep"))
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask, use_cache=False
+        ).logits  # [B, L, V]
+        labels = batch["labels"]
+        targets = labels != -100  # [B, L]; part B only in blank infilling (~15-50% of the positions)
+        # The (log-)softmax over the vocabulary only where there is a target: it is memory-bound, and most
+        # positions of a blank-infilling sample have none.
+        losses = F.cross_entropy(logits[targets].float(), labels[targets], reduction="none")  # [N]
+        rows = targets.nonzero()[:, 0]
+        per_sample = torch.zeros(labels.shape[0], device=losses.device).index_add(0, rows, losses)  # [B]
+        counts = targets.sum(1)
+        parts = {}
+        if "task" in batch:
+            task = batch["task"]
+            sums = torch.zeros(len(self.part_names), device=losses.device).index_add(0, task, per_sample.detach())
+            terms = torch.zeros(len(self.part_names), device=losses.device).index_add(0, task, counts.float())
+            parts = {name: (sums[i], terms[i]) for i, name in enumerate(self.part_names)}
+        return LossSums(total=per_sample.sum(), count=counts.sum(), tokens=labels.numel(), parts=parts)
+
+
+def glm_flops_per_token(config: GLMConfig, seq_length: int) -> float:
+    """Model FLOPs per trained token: every Linear of the blocks plus the tied output projection."""
+    h, layers = config.hidden_size, config.num_layers
+    per_block = 4 * h * h + 2 * h * config.intermediate_size  # q|k|v + dense + two MLP matrices
+    return transformer_flops_per_token(layers * per_block + config.vocab_size * h, layers, h, seq_length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan: every check that needs no model and no compute
+
+
+@dataclass
+class Plan:
+    job: JobConfig
+    model_config: GLMConfig
+    blanks: BlankConfig
+    world_size: int
+    dp_size: int
+    accumulation: int
+    resume_from: Path | None
+    train_shards: TokenShards
+    eval_shards: TokenShards | None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.job.train.output_dir)
+
+    def signature(self) -> dict[str, Any]:
+        return model_signature(self.model_config)
+
+
+def model_signature(config: GLMConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in SIGNATURE_FIELDS}
+
+
+def build_model_config(job: JobConfig) -> GLMConfig:
+    """The preset (or ``init_from``'s config) with ``model.overrides``; invalid values are ConfigErrors."""
+    m = job.model
+    try:
+        if not m.init_from:
+            return GLMConfig.from_preset(m.preset, **m.overrides)
+        config = GLMConfig.from_pretrained(m.init_from)
+        for key, value in m.overrides.items():
+            setattr(config, key, value)
+        config._check_values()
+        return config
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"model: {error}") from error
+
+
+def build_blank_config(job: JobConfig) -> BlankConfig:
+    d = job.data
+    if d.objective not in BLANK_PRESETS:
+        raise ConfigError(f"data.objective {d.objective!r} is not one of {sorted(BLANK_PRESETS)}")
+    try:
+        return dataclasses.replace(BLANK_PRESETS[d.objective], **d.blanks)
+    except ValueError as error:
+        raise ConfigError(f"data.blanks: {error}") from error
+
+
+def open_shards(path: str | None, what: str) -> TokenShards | None:
+    if not path:
+        return None
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} does not exist: write token shards there with `torchglm prepare-data`")
+    if not (folder / "manifest.json").is_file():
+        raise ConfigError(
+            f"{what} {folder} holds no token shards (no manifest.json): run `torchglm prepare-data INPUTS "
+            f"--output {folder}` first"
+        )
+    shards = TokenShards(folder)
+    if shards.num_tokens == 0:
+        raise ConfigError(f"{what} {folder} holds no tokens (its shards are empty)")
+    return shards
+
+
+def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
+    """Check the job against the machine, data and checkpoints, without building the model (fast, no compute)."""
+    world_size = world_size_from_env() if world_size is None else world_size
+    dp, accumulation = check_world(job, world_size)
+    model_config = build_model_config(job)
+    blanks = build_blank_config(job)
+    if blanks.seq_length > model_config.max_sequence_length:
+        raise ConfigError(
+            f"data.blanks.seq_length ({blanks.seq_length}) exceeds the model's max_sequence_length "
+            f"({model_config.max_sequence_length})"
+        )
+    if not job.data.path:
+        raise ConfigError("data.path is empty: give the token-shards folder written by `torchglm prepare-data`")
+    train_shards = open_shards(job.data.path, "data.path")
+    eval_shards = open_shards(job.data.eval_path, "data.eval_path")
+    for shards in filter(None, (train_shards, eval_shards)):
+        top = max(shards.vocab_size, shards.special_ids.max_id + 1)
+        if top > model_config.vocab_size:
+            raise ConfigError(
+                f"{shards.folder} was tokenized with {top} ids but the model's vocab_size is "
+                f"{model_config.vocab_size}: set model.overrides.vocab_size or use the matching tokenizer"
+            )
+        try:  # the builder checks that the shards' special ids serve the objective (e.g. [dBLOCK])
+            BlankInfillingBuilder(blanks, shards.special_ids, shards.sentence_end_table())
+        except ValueError as error:
+            raise ConfigError(f"data.blanks do not fit {shards.folder}: {error}") from error
+    if job.parallel.engine == "deepspeed":
+        from .deepspeed import require_deepspeed
+
+        require_deepspeed()
+    if job.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no GPU is available")
+    checkpoints = Path(job.train.output_dir) / "checkpoints"
+    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
+    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
+        raise ConfigError(
+            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another train.output_dir"
+        )
+    if resume_from is not None:
+        check_compatible(resume_from, model_signature(model_config))
+    return Plan(job, model_config, blanks, world_size, dp, accumulation, resume_from, train_shards, eval_shards)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building and running
+
+
+def build_model(plan: Plan, world: World) -> nn.Module:
+    """The GLM model on its device, parallelized; identical initial weights whatever the number of processes."""
+    job, config = plan.job, plan.model_config
+
+    def full_model() -> GLMForConditionalGeneration:
+        torch.manual_seed(job.train.seed)
+        if job.model.init_from:
+            return GLMForConditionalGeneration.from_pretrained(job.model.init_from, config=config)
+        return GLMForConditionalGeneration(config)
+
+    if not world.distributed or job.parallel.engine == "deepspeed":
+        # One process, or DeepSpeed (which partitions the plain model itself): the same seed gives every
+        # process the same weights.
+        model = full_model().to(world.device)
+        parallelize(model, None, job.parallel, job.train.precision)  # activation checkpointing only
+        return model
+    full_state = full_model().state_dict() if world.is_main else None
+    with torch.device("meta"):
+        model = GLMForConditionalGeneration(config)
+    tp_plan = glm_tp_plan() if job.parallel.tp_size > 1 else None
+    parallelize(model, world.mesh, job.parallel, job.train.precision, tp_plan=tp_plan)
+    load_full_state(model, full_state, world)
+    return model
+
+
+def build_streams(plan: Plan, world: World):
+    """The per-rank training stream (resumable) and a factory of the fixed evaluation batches."""
+    job = plan.job
+    stream = build_pretraining_stream(
+        job.data.path,
+        plan.blanks,
+        batch_size=job.train.micro_batch_size,
+        seed=job.train.seed,
+        rank=world.dp_rank,
+        world_size=world.dp_size,
+        pad_to_multiple_of=job.data.pad_to_multiple_of,
+    )
+    # A generator of its own: a DataLoader draws its workers' base seed from the global RNG otherwise, which
+    # would shift the dropout masks (and break exact resume, where the loader is created again).
+    generator = torch.Generator().manual_seed(job.train.seed)
+    train_data = stream.loader(num_workers=job.data.num_workers, generator=generator)
+    eval_data = None
+    if plan.eval_shards is not None and job.train.eval_interval:
+        eval_stream = build_pretraining_stream(
+            job.data.eval_path,
+            plan.blanks,
+            batch_size=job.train.micro_batch_size,
+            seed=job.train.seed + 1,
+            rank=world.dp_rank,
+            world_size=world.dp_size,
+            pad_to_multiple_of=job.data.pad_to_multiple_of,
+        )
+
+        def eval_data():
+            return (eval_stream.batch(step) for step in range(job.train.eval_batches))
+
+    return train_data, eval_data
+
+
+def export_final(state: dict[str, torch.Tensor], plan: Plan, world: World, folder: Path) -> None:
+    """``save_pretrained`` the gathered weights (rank 0): a folder that ``from_pretrained`` loads."""
+    if world.is_main:
+        with torch.device("meta"):
+            plain = GLMForConditionalGeneration(plan.model_config)
+        plain.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, assign=True)
+        plain.save_pretrained(folder)
+    world.barrier()
+
+
+def train(plan: Plan) -> Trainer:
+    """Run the planned job in this process (one of torchrun's, or alone); returns the finished trainer."""
+    job = plan.job
+    world = init_distributed(job.train.device, job.parallel.tp_size, job.parallel.backend)
+    setup_console_logging(world.rank)
+    out = plan.output_dir
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
+    world.barrier()
+
+    model = build_model(plan, world)
+    torch.manual_seed(job.train.seed + 1 + world.dp_rank)  # dropout: shared by TP peers, different per replica
+    train_data, eval_data = build_streams(plan, world)
+    objective = GLMObjective()
+    bf16 = job.train.precision == "bf16"
+    # bf16: FSDP2's MixedPrecisionPolicy under torchrun, DeepSpeed's bf16 mode, else autocast (one process).
+    autocast = torch.bfloat16 if bf16 and job.parallel.engine == "fsdp" and not world.distributed else None
+    peak = device_peak_tflops(world.device, torch.bfloat16 if bf16 else torch.float32, job.logging.peak_tflops)
+    info = {"model_signature": plan.signature(), "config": job.to_dict()}
+    common = dict(
+        accumulation=plan.accumulation,
+        eval_data=eval_data,
+        flops_per_token=glm_flops_per_token(plan.model_config, plan.blanks.seq_length),
+        peak_tflops=peak,
+        trainer_info=info,
+    )
+    resume_step = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from else 0
+    metrics = MetricLogger(
+        out, job.train.steps, world.is_main, job.logging.progress_bar, job.logging.tensorboard, resume_step
+    )
+    with metrics:
+        if job.parallel.engine == "deepspeed":
+            from .deepspeed import DeepSpeedTrainer
+
+            trainer = DeepSpeedTrainer.create(job, world, model, objective, train_data, metrics, **common)
+        else:
+            optimizer = build_optimizer(model, job.optim)
+            scheduler = build_scheduler(optimizer, job.schedule, job.train.steps)
+            checkpointer = Checkpointer(out / "checkpoints", job.checkpoint.keep_last, world.rank, world.distributed)
+            trainer = Trainer(
+                job, world, model, optimizer, scheduler, objective, train_data, checkpointer, metrics,
+                autocast_dtype=autocast, **common,
+            )  # fmt: skip
+        n_params = sum(p.numel() for p in model.parameters())
+        metrics.message(
+            f"{job.model.preset}: {n_params / 1e6:.1f}M parameters on {world.world_size} process(es) "
+            f"(dp {world.dp_size} x tp {world.tp_size}), {plan.accumulation} accumulation step(s), "
+            f"{job.train.precision}, {world.device}; peak {peak:.3g} TFLOP/s per device for MFU"
+        )
+        if plan.resume_from is not None:
+            trainer.resume(plan.resume_from)
+        trainer.train()
+        if job.checkpoint.export_final:
+            export_final(trainer.full_state_dict(), plan, world, out / "final")
+            metrics.message(f"exported the final model to {out / 'final'}")
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML job config (configs/pretrain/*.yaml); omitted: the defaults")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CHECKPOINT",
+        help="continue from the newest complete checkpoint of train.output_dir, or from CHECKPOINT",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="check config, data and checkpoint, then exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    group = parser.add_argument_group(
+        "config overrides", "VALUE is read as YAML; also --model.overrides.FIELD and --data.blanks.FIELD"
+    )
+    for option, help_text in override_options():
+        group.add_argument(option, dest=option[2:], metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+    for name in dataclasses.fields(GLMConfig):
+        parser.add_argument(
+            f"--model.overrides.{name.name}", dest=f"model.overrides.{name.name}", default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
+    for name in dataclasses.fields(BlankConfig):
+        parser.add_argument(
+            f"--data.blanks.{name.name}", dest=f"data.blanks.{name.name}", default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
+
+
+def job_from_args(args: argparse.Namespace) -> JobConfig:
+    overrides = []
+    for key, value in vars(args).items():
+        if "." in key:
+            overrides += [f"--{key}", value]
+    if args.resume is not None:
+        overrides += ["--checkpoint.resume", args.resume]
+    return load_job_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        job = job_from_args(args)
+        if args.print_config:
+            print(job.to_yaml(), end="")
+            return 0
+        plan = plan_run(job)
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+        print(f"torchglm pretrain: error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(
+            f"ok: {plan.world_size} process(es), dp {plan.dp_size}, {plan.accumulation} accumulation step(s), "
+            f"{plan.train_shards.num_tokens} training tokens, resume from {plan.resume_from or 'nothing'}"
+        )
+        return 0
+    try:
+        train(plan)
+    finally:
+        close_distributed()
+    return 0

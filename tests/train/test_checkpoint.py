@@ -1,0 +1,104 @@
+"""Checkpoint folders: atomic save, rotation, partial saves skipped with a warning, model signature check, RNG."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from torchglm.train.checkpoint import (
+    PARTIAL_SUFFIX,
+    Checkpointer,
+    CheckpointError,
+    check_compatible,
+    find_latest,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
+
+
+def toy():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def save(checkpointer, step, model, optimizer, signature=None):
+    state = {"step": step, "model_signature": signature or {"hidden_size": 4}}
+    return checkpointer.save(step, state, {"data": {"step": step}, "rng": rng_state()}, model, optimizer)
+
+
+def test_save_load_round_trip(tmp_path):
+    model, optimizer = toy()
+    checkpointer = Checkpointer(tmp_path, keep_last=2)
+    path = save(checkpointer, 5, model, optimizer)
+    assert path.name == "step-00000005" and (path / "trainer.json").is_file() and (path / ".metadata").is_file()
+    fresh, fresh_optimizer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)), None
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    state, rank_state = Checkpointer(tmp_path, keep_last=2).load(path, fresh, fresh_optimizer)
+    assert state["step"] == 5 and rank_state["data"] == {"step": 5}
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    exp_avg = optimizer.state[next(model.parameters())]["exp_avg"]
+    assert torch.equal(fresh_optimizer.state[next(fresh.parameters())]["exp_avg"], exp_avg)
+
+
+def test_keep_last_and_latest(tmp_path):
+    model, optimizer = toy()
+    checkpointer = Checkpointer(tmp_path, keep_last=2)
+    for step in (1, 2, 3, 10):
+        save(checkpointer, step, model, optimizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000010"]
+    assert find_latest(tmp_path).name == "step-00000010"  # numeric, not the order of the names
+
+
+def test_partial_and_damaged_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    model, optimizer = toy()
+    checkpointer = Checkpointer(tmp_path, keep_last=3)
+    save(checkpointer, 2, model, optimizer)
+    partial = tmp_path / f"step-00000004{PARTIAL_SUFFIX}"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"half")
+    damaged = tmp_path / "step-00000006"  # e.g. copied by hand without its trainer.json
+    damaged.mkdir()
+    with caplog.at_level(logging.WARNING, logger="torchglm.train"):
+        latest = find_latest(tmp_path)
+    assert latest.name == "step-00000002"
+    assert "step-00000004.partial: an interrupted checkpoint save" in caplog.text
+    assert "step-00000006: it lacks trainer.json" in caplog.text
+    save(checkpointer, 8, model, optimizer)  # a successful save clears what crashed saves left
+    assert not partial.exists()
+
+
+def test_resume_targets(tmp_path):
+    model, optimizer = toy()
+    save(Checkpointer(tmp_path / "run" / "checkpoints", keep_last=2), 3, model, optimizer)
+    run = tmp_path / "run"
+    assert resolve_resume(None, run / "checkpoints") is None
+    assert resolve_resume("latest", run / "checkpoints").name == "step-00000003"
+    assert resolve_resume(str(run), tmp_path).name == "step-00000003"  # a run folder
+    assert resolve_resume(str(run / "checkpoints" / "step-00000003"), tmp_path).name == "step-00000003"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_signature_mismatch(tmp_path):
+    model, optimizer = toy()
+    path = save(Checkpointer(tmp_path, keep_last=1), 1, model, optimizer, {"hidden_size": 4, "num_layers": 2})
+    check_compatible(path, {"hidden_size": 4, "num_layers": 2})
+    with pytest.raises(CheckpointError, match="num_layers: checkpoint 2 vs this run 3"):
+        check_compatible(path, {"hidden_size": 4, "num_layers": 3})
+
+
+def test_rng_state_round_trip(tmp_path):
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    before = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == before

@@ -1,0 +1,100 @@
+"""Multi-process training on CPU (gloo) through ``torchrun``: FSDP2, tensor parallelism with activation
+checkpointing, DeepSpeed ZeRO-2, each against the one-process run of the same global batch.
+
+Marked ``slow`` (each launch starts two Python processes); CI runs them like every other test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from torchglm.train.config import job_config_from_dict
+from torchglm.train.parallel import clip_grad_norm, transformer_blocks
+from torchglm.train.pretrain import plan_run, train
+
+from .conftest import check, run_pretrain, tiny_job, train_losses, write_job
+
+STEPS = 5
+NO_DROPOUT = {"overrides": {"vocab_size": 256, "embedding_dropout_prob": 0.0, "attention_dropout_prob": 0.0,
+                            "output_dropout_prob": 0.0}}  # fmt: skip
+
+
+def job_for(shards, output_dir, **sections):
+    return tiny_job(shards, output_dir, model=NO_DROPOUT, train={"steps": STEPS}, **sections)
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(shards, tmp_path_factory):
+    """5 steps, global batch 8 as 2 x 4 (gradient accumulation) in one process, fp32."""
+    root = tmp_path_factory.mktemp("single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(plan_run(job_config_from_dict(job_for(shards, root / "run")), world_size=1))
+    finally:
+        torch.set_num_threads(threads)
+    losses = train_losses(root / "run")
+    assert len(losses) == STEPS
+    return losses
+
+
+def assert_close(losses, reference, tolerance):
+    assert sorted(losses) == sorted(reference)
+    worst = max(abs(losses[s] - reference[s]) for s in reference)
+    assert worst <= tolerance, f"max |difference| {worst:.2e} > {tolerance}: {losses} vs {reference}"
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one(shards, tmp_path, single_process_losses):
+    config = write_job(tmp_path / "job.yaml", job_for(shards, tmp_path / "run", checkpoint={"interval": STEPS}))
+    result = check(run_pretrain(config, nproc=2))
+    assert "on 2 process(es) (dp 2 x tp 1), 1 accumulation step(s)" in result.stderr
+    assert_close(train_losses(tmp_path / "run"), single_process_losses, 1e-4)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000005" / "rank-00001.pt").is_file()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_with_activation_checkpointing_matches_one_process(shards, tmp_path, single_process_losses):
+    job = job_for(shards, tmp_path / "run", parallel={"tp_size": 2, "activation_checkpointing": True})
+    job["checkpoint"].update(export_final=True)
+    result = check(run_pretrain(write_job(tmp_path / "job.yaml", job), nproc=2))
+    assert "(dp 1 x tp 2), 2 accumulation step(s)" in result.stderr
+    assert_close(train_losses(tmp_path / "run"), single_process_losses, 1e-4)
+    from torchglm import GLMForConditionalGeneration
+
+    exported = GLMForConditionalGeneration.from_pretrained(tmp_path / "run" / "final")  # whole weights, plain names
+    assert exported.glm.transformer.layers[0].mlp.dense_h_to_4h.weight.shape == (256, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_zero2_two_processes(shards, tmp_path, single_process_losses):
+    job = job_for(shards, tmp_path / "run", parallel={"engine": "deepspeed", "zero_stage": 2})
+    job["checkpoint"].update(interval=STEPS)
+    result = check(run_pretrain(write_job(tmp_path / "job.yaml", job), nproc=2))
+    assert "on 2 process(es)" in result.stderr
+    assert_close(train_losses(tmp_path / "run"), single_process_losses, 1e-4)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000005" / "trainer.json").is_file()
+
+
+def test_blocks_are_found_from_no_split_modules():
+    from torchglm import GLMConfig, GLMForConditionalGeneration
+
+    model = GLMForConditionalGeneration(GLMConfig.from_preset("tiny", vocab_size=256))
+    blocks = transformer_blocks(model)
+    assert [type(b).__name__ for _, _, b in blocks] == ["GLMBlock", "GLMBlock"]
+
+
+def test_clip_grad_norm_matches_torch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    norm = clip_grad_norm(model.parameters(), 0.5)
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in reference]))
+    assert norm == pytest.approx(float(expected), rel=1e-6)
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    assert float(clipped) == pytest.approx(0.5, rel=1e-4)
