@@ -3,9 +3,10 @@
 One optimizer step = forward + backward + gradient clipping + fused AdamW, through ``torchglm.train.Trainer``
 exactly as ``torchglm pretrain`` runs it (bf16 = autocast with fp32 master weights). MFU is model FLOPs
 (``6 N + 12 L H S`` per token, N = every weight matrix including the tied output projection) per second,
-divided by the matmul peak of the same dtype measured in the same run (median of timed ``torch.matmul`` of
-large squares). GLM batches are blank-infilling shaped (part A 85%, part B with targets 15%); GPT-2 predicts
-every token.
+divided by the matmul peak of the same dtype measured in the same run (the median of three timings of the
+fastest product of two large squares, see ``measure_matmul_peak``). GLM batches are blank-infilling shaped
+(part A 85%, part B with targets 15%); GPT-2 predicts every token. On a CPU without bf16 GEMM the GPT-2 peer is
+skipped in bf16 (torch's reference kernel would take tens of minutes per step).
 
     python benchmarks/train_speed.py                       # CPU: base at seq 512, fp32 and bf16
     python benchmarks/train_speed.py --sizes large 2b      # GPU: the default there
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from torchglm import GLMConfig, GLMForConditionalGeneration
+from torchglm.model import _cpu_lacks_gemm
 from torchglm.train.config import job_config_from_dict
 from torchglm.train.logging import MetricLogger, measure_matmul_peak
 from torchglm.train.optim import build_optimizer, build_scheduler
@@ -141,7 +143,14 @@ def main():
                 )
                 continue
             models = [(f"glm-{size}", GLMForConditionalGeneration(config), GLMObjective())]
-            if not args.no_peer:
+            if args.no_peer:
+                pass
+            elif precision == "bf16" and device.type == "cpu" and _cpu_lacks_gemm(torch.bfloat16):
+                print(
+                    f"gpt2-{size}-dims   bf16  skipped: this CPU has no bf16 GEMM and GPT-2 multiplies with torch's "
+                    "reference kernel (0.3-20 GFLOP/s): one step would take tens of minutes"
+                )
+            else:
                 models.append((f"gpt2-{size}-dims", gpt2_like(config), CausalLM()))
             with tempfile.TemporaryDirectory() as folder:
                 trainers = [

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import torchglm.model as model_module
 from torchglm import (
     GLMConfig,
     GLMForConditionalGeneration,
@@ -216,6 +217,48 @@ def test_low_precision_follows_fp32(dtype):
         low = model.to(dtype)(ids, positions, 5).logits
     assert low.dtype == dtype
     assert (low.float() - reference).abs().max() < 0.1
+
+
+@pytest.fixture
+def cpu_without_half_gemm(monkeypatch):
+    """Force the fp32-product path of half precision, whatever this CPU supports."""
+    monkeypatch.setattr(model_module, "_cpu_lacks_gemm", lambda dtype: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_products_through_fp32_round_once(cpu_without_half_gemm, dtype):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(3, 5, 48).to(dtype), torch.randn(24, 48).to(dtype), torch.randn(24).to(dtype)
+    # Reference: exact products and sums in float64 of the half-precision operands, rounded once.
+    exact = (x.double() @ weight.double().T + bias.double()).to(dtype)
+    out = model_module.linear(x, weight, bias)
+    assert out.dtype == dtype
+    ulp = torch.finfo(dtype).eps * exact.double().abs().clamp_min(1.0)
+    assert ((out.double() - exact.double()).abs() <= ulp).all()
+    # Under autocast, fp32 operands are rounded as autocast rounds them and the result has autocast's dtype.
+    with torch.autocast("cpu", dtype=dtype):
+        auto = model_module.linear(x.float(), weight.float(), bias.float())
+        attended = model_module.attention(*(torch.randn(2, 4, 6, 8) for _ in range(3)), None, True, 0.0)
+    assert auto.dtype == dtype and attended.dtype == dtype
+    torch.testing.assert_close(auto, out, atol=0, rtol=0)
+
+
+def test_half_precision_training_step_through_fp32_products(monkeypatch):
+    """The fp32-product path gives the native half-precision loss and gradients (to half-precision noise)."""
+    reference = tiny_model()
+    ids, positions = random_inputs()
+    losses, grads = [], []
+    for lacks_gemm in (False, True):  # torch's own bf16 kernels, then the fp32-product path
+        monkeypatch.setattr(model_module, "_cpu_lacks_gemm", lambda dtype, lacks=lacks_gemm: lacks)
+        model = tiny_model().to(torch.bfloat16)
+        model.load_state_dict(reference.state_dict())
+        loss = model(ids, positions, 5, labels=ids).loss
+        loss.backward()
+        assert model.glm.word_embeddings.weight.grad.dtype == torch.bfloat16
+        losses.append(loss.float())
+        grads.append(model.glm.word_embeddings.weight.grad.float())
+    torch.testing.assert_close(losses[1], losses[0], atol=0.02, rtol=0.01)
+    assert (grads[1] - grads[0]).abs().max() < 0.02 * grads[0].abs().max()
 
 
 def test_loss_is_unshifted_cross_entropy_ignoring_minus_100():

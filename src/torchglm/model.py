@@ -11,6 +11,7 @@ Parameter names are those of the released checkpoints, so they load without rena
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -92,6 +93,68 @@ def _min_max(values: torch.Tensor) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Half-precision matrix products on CPUs without half-precision GEMM
+
+
+@functools.cache
+def _cpu_lacks_gemm(dtype: torch.dtype) -> bool:
+    """Whether this CPU has no hardware path for ``dtype`` matrix products (no AVX512-BF16/FP16 or AMX)."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except AttributeError:  # torch without capability queries: trust its own kernels
+        return False
+    if dtype == torch.bfloat16:
+        return not (caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return not (caps.get("avx512_fp16") or caps.get("amx_fp16"))
+
+
+def _slow_half_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The half precision a product of ``x`` would run in (its dtype, or autocast's) if this CPU lacks GEMM for
+    it, else None."""
+    if x.device.type != "cpu":
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype if dtype in (torch.bfloat16, torch.float16) and _cpu_lacks_gemm(dtype) else None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, but half precision on a CPU that lacks half-precision GEMM goes through an fp32 GEMM.
+
+    Without AVX512-BF16/FP16 or AMX, torch multiplies bf16/fp16 matrices with a reference kernel 100-1000x
+    slower than its fp32 GEMM. The product of two bf16 (or fp16) numbers is exact in fp32, so rounding the
+    operands to half precision, multiplying in fp32 and rounding the result once gives what a hardware GEMM
+    with fp32 accumulation gives, up to the order of the sums. Under autocast the operands are rounded the
+    way autocast would round them.
+    """
+    dtype = _slow_half_dtype(x)
+    if dtype is None:
+        return F.linear(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        bias = None if bias is None else bias.to(dtype).float()
+        return F.linear(x.to(dtype).float(), weight.to(dtype).float(), bias).to(dtype)
+
+
+def attention(query, key, value, mask, is_causal: bool, dropout: float) -> torch.Tensor:
+    """SDPA; its CPU kernels use the same slow half-precision GEMM as :func:`linear`, so the same fp32 path."""
+    dtype = _slow_half_dtype(query)
+    if dtype is None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+    with torch.autocast("cpu", enabled=False):
+        query, key, value = (t.to(dtype).float() for t in (query, key, value))
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
+        )
+        return context.to(dtype)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product takes :func:`linear`'s fast path for half precision on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Layers
 
 
@@ -103,8 +166,8 @@ class GLMAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.dense.is_residual_output = True  # initialised with the depth-scaled std, as the original
         self.attention_dropout = config.attention_dropout_prob
         self.output_dropout = nn.Dropout(config.output_dropout_prob)
@@ -127,13 +190,8 @@ class GLMAttention(nn.Module):
             # -10000); a zero query does the same through SDPA and keeps padding rows free of NaN.
             query = query.masked_fill(empty_rows, 0.0)
             mask = mask | empty_rows
-        context = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=is_causal,
+        context = attention(
+            query, key, value, mask, is_causal, dropout=self.attention_dropout if self.training else 0.0
         )  # [B, heads, L, D]
         context = context.transpose(1, 2).reshape(batch, length, -1)
         return self.output_dropout(self.dense(context))
@@ -142,8 +200,8 @@ class GLMAttention(nn.Module):
 class GLMMLP(nn.Module):
     def __init__(self, config: GLMConfig):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_h_to_4h = Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = Linear(config.intermediate_size, config.hidden_size)
         self.dense_4h_to_h.is_residual_output = True
         self.dropout = nn.Dropout(config.output_dropout_prob)
 
@@ -384,7 +442,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = F.linear(outputs.last_hidden_state, self.glm.word_embeddings.weight)  # [B, L, V]
+        logits = linear(outputs.last_hidden_state, self.glm.word_embeddings.weight)  # [B, L, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
@@ -485,7 +543,7 @@ class GLMForMultipleChoice(GLMPreTrainedModel):
         hidden = self.glm(input_ids, position_ids, attention_mask, use_cache=False, **kwargs).last_hidden_state
         n, c, t = choice_indices.shape
         picked = hidden.gather(1, choice_indices.reshape(n, c * t, 1).expand(-1, -1, hidden.shape[-1]))
-        log_probs = F.log_softmax(F.linear(picked, self.glm.word_embeddings.weight).float(), dim=-1)  # [N, C*T, V]
+        log_probs = F.log_softmax(linear(picked, self.glm.word_embeddings.weight).float(), dim=-1)  # [N, C*T, V]
         valid = choice_ids >= 0
         token_scores = log_probs.gather(-1, choice_ids.clamp(min=0).reshape(n, c * t, 1)).reshape(n, c, t)
         scores = (token_scores * valid).sum(-1)  # [N, C]
@@ -524,9 +582,9 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.glm = GLMModel(config)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.output_dropout_prob)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(

@@ -48,26 +48,34 @@ def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size
 
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, seconds: float = 1.0):
-    """Measured TFLOP/s of ``torch.matmul`` on large squares of ``dtype``: the practical peak for MFU.
+    """Measured TFLOP/s of the fastest way to multiply two large ``dtype`` squares here: the peak for MFU.
 
-    Both layouts of the second operand are timed (row-major, and transposed as a Linear weight is) and the faster
-    one counts: on some CPUs one of them takes a much slower kernel (bf16 without AVX512-BF16/AMX).
+    The candidates are ``torch.matmul`` with the second operand row-major or transposed (as a Linear weight is;
+    on some CPUs one layout takes a much slower kernel) and torchglm's own product, ``torchglm.model.linear``
+    (on a CPU without bf16/fp16 GEMM it multiplies half-precision operands through fp32 GEMM, 100x faster than
+    torch's kernel there). The fastest counts, so an MFU is never flattered by a kernel the model avoids.
     """
+    from torchglm.model import linear
+
+    candidates = (
+        lambda a, b: torch.matmul(a, b),
+        lambda a, b: torch.matmul(a, b.t()),
+        lambda a, b: linear(a, b),  # a @ b.T
+    )
     size = size or (8192 if device.type == "cuda" else 2048)
-    probe = size // 2  # the layouts are compared at half size: the slow one can be 100x slower
+    probe = size // 2  # candidates are compared at half size: a slow one can be 100x slower
     a = torch.randn(probe, probe, device=device).to(dtype)
-    transposed = _matmul_rate(a, a.t(), device, seconds / 2) > _matmul_rate(a, a.clone(), device, seconds / 2)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    return _matmul_rate(a, b.t() if transposed else b, device, seconds)
+    fastest = max(candidates, key=lambda product: _product_rate(product, a, a.clone(), device, seconds / 4))
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    return _product_rate(fastest, a, b, device, seconds)
 
 
-def _matmul_rate(a: torch.Tensor, b: torch.Tensor, device: torch.device, seconds: float) -> float:
-    torch.matmul(a, b)  # warm-up (kernel selection, packing)
+def _product_rate(product, a: torch.Tensor, b: torch.Tensor, device: torch.device, seconds: float) -> float:
+    product(a, b)  # warm-up (kernel selection, packing)
     _sync(device)
     runs, start = 0, time.perf_counter()
     while True:
-        torch.matmul(a, b)
+        product(a, b)
         runs += 1
         _sync(device)
         elapsed = time.perf_counter() - start
