@@ -14,12 +14,14 @@ Part A attends bidirectionally (keys before ``sep``), part B causally. The objec
 original's probabilities: token mode (Poisson(3) span lengths truncated below 40, 15% of the tokens, spread
 over the packed documents), sentence mode (whole sentences, ``[sMASK]``, >= 15%), document mode (``[gMASK]``,
 one span of 50-100% of the text, or the text's suffix, which has no ``<|endofpiece|>``); plus masked-LM and
-causal-LM baselines. Every step is a numpy operation over the whole batch: no per-token Python loop, and no
-per-sample loop except in the rare ``short_seq_prob`` split and the ``context_mask_ratio`` option.
+causal-LM baselines. Every step is a numpy operation over the whole batch: no per-token Python loop, no
+per-sample loop except in the rare ``short_seq_prob`` split and the ``context_mask_ratio`` option, and one
+``bisect`` per packed document (not per token) in token mode's span allocation.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections import Counter
@@ -155,7 +157,7 @@ class _Spans:
         return cls(z, z, z, np.zeros(0, dtype=bool))
 
     def sorted(self) -> _Spans:
-        order = np.lexsort((self.start, self.row))
+        order = np.argsort(self.row * _STRIDE + self.start)  # one integer key: starts in a row are distinct
         return _Spans(self.row[order], self.start[order], self.length[order], self.eop[order])
 
 
@@ -187,7 +189,14 @@ def _exclusive_segment_cumsum(values: np.ndarray, group_sizes: np.ndarray) -> np
     before = total - values
     firsts = np.cumsum(group_sizes) - group_sizes
     base = before[firsts[group_sizes > 0]]
-    return before - np.repeat(base, group_sizes[group_sizes > 0])
+    return before - base.repeat(group_sizes[group_sizes > 0])
+
+
+def _sum_before(values: np.ndarray, group_first: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` before each element within its group (groups contiguous; ``group_first[i]`` is the index
+    of element i's group's first element): :func:`_exclusive_segment_cumsum` when the group starts are known."""
+    before = values.cumsum() - values
+    return before - before[group_first]
 
 
 class BlankInfillingBuilder:
@@ -244,12 +253,22 @@ class BlankInfillingBuilder:
 
     def build(self, texts: list[np.ndarray], seed) -> dict[str, np.ndarray]:
         """Build one batch from packed texts (each starting with ``[CLS]``); ``seed`` is an int or a tuple of ints."""
+        return self._build(texts, None, seed)
+
+    def build_padded(self, tokens: np.ndarray, lengths: np.ndarray, seed) -> dict[str, np.ndarray]:
+        """:meth:`build` on texts already padded into ``[B, T]`` int64 (``BlockDataset.get_padded``): the same batch,
+        without a list of per-sample arrays in between."""
+        return self._build(None, (tokens, lengths), seed)
+
+    def _build(self, texts: list[np.ndarray] | None, padded: tuple | None, seed) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         task, split, single = self.choose_task(rng)
         if split:
-            texts = self.split_short(texts, rng)
-        tokens, lengths = pad_texts(texts, self.ids.pad)
-        self.stats[f"samples/{TASK_NAMES[task]}"] += len(texts)
+            if texts is None:
+                texts = [row[:n] for row, n in zip(padded[0], padded[1].tolist(), strict=True)]
+            texts, padded = self.split_short(texts, rng), None
+        tokens, lengths = pad_texts(texts, self.ids.pad) if padded is None else padded
+        self.stats[f"samples/{TASK_NAMES[task]}"] += len(lengths)
         if task == CLM:
             return self.build_causal(tokens, lengths)
         if task in (TOKEN, MLM):
@@ -258,7 +277,7 @@ class BlankInfillingBuilder:
             spans = self.sentence_spans(tokens, lengths, rng)
         else:
             spans = self.document_spans(tokens, lengths, rng)
-        counts = np.bincount(spans.row, minlength=len(texts))
+        counts = np.bincount(spans.row, minlength=len(lengths))
         self.stats["spans"] += len(spans.row)
         self.stats["samples_without_blanks"] += int((counts == 0).sum())
         if task == MLM:
@@ -268,7 +287,7 @@ class BlankInfillingBuilder:
     # ------------------------------------------------------------------ span choice
     def draw_span_lengths(self, rng: np.random.Generator, shape) -> np.ndarray:
         """Span lengths from the truncated Poisson, by inverting its CDF."""
-        return np.searchsorted(self._length_cdf, rng.random(shape), side="right").astype(np.int64) + 1
+        return self._length_cdf.searchsorted(rng.random(shape), side="right").astype(np.int64) + 1
 
     def token_spans(
         self, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, single: bool = False
@@ -286,13 +305,13 @@ class BlankInfillingBuilder:
             target = np.floor(self.config.bert_ratio * lengths).astype(np.int64)
             k = max(int(target.max(initial=0)), 1)
             span_len = self.draw_span_lengths(rng, (batch, k))
-            reached = np.cumsum(span_len, axis=1) >= target[:, None]
+            reached = span_len.cumsum(axis=1) >= target[:, None]
             count = np.where(target > 0, reached.argmax(axis=1) + 1, 0)
         k = span_len.shape[1]
         # Shuffle each row's spans: the last one drawn (the one crossing the target) is longer on average.
         keys = rng.random((batch, k))
         keys[np.arange(k) >= count[:, None]] = 2.0
-        span_len = np.take_along_axis(span_len, np.argsort(keys, axis=1), axis=1)
+        span_len = span_len[np.arange(batch)[:, None], keys.argsort(axis=1)]
 
         # Documents = runs of content tokens (not [CLS], eos or padding).
         cols = np.arange(width)
@@ -301,44 +320,56 @@ class BlankInfillingBuilder:
         starts[:, 1:] &= ~content[:, :-1]
         ends = content.copy()
         ends[:, :-1] &= ~content[:, 1:]
-        first = np.flatnonzero(starts)
-        last = np.flatnonzero(ends)
+        first = starts.ravel().nonzero()[0]
+        last = ends.ravel().nonzero()[0]
         seg_row = first // width
         seg_start = first % width
         seg_len = last - first + 1
         # The original never masks the final token of an unterminated last document.
         seg_len -= ((last % width) == lengths[seg_row] - 1).astype(np.int64)
-        order = np.lexsort((seg_len, seg_row))  # by row, then shortest first
+        order = (seg_row * _STRIDE + seg_len).argsort(kind="stable")  # by row, then shortest first
         seg_row, seg_start, seg_len = seg_row[order], seg_start[order], seg_len[order]
         seg_count = np.bincount(seg_row, minlength=batch)
-        seg_rank = np.arange(len(seg_row)) - np.repeat(np.cumsum(seg_count) - seg_count, seg_count)
+        seg_rank = np.arange(len(seg_row)) - (seg_count.cumsum() - seg_count).repeat(seg_count)
         seg_last = seg_rank == seg_count[seg_row] - 1
 
-        # Per-row prefix sums of span lengths (C) and of lengths plus gaps (D), flattened with row offsets so that
+        # Per-row prefix sums of span lengths (C), and of lengths plus gaps (D) flattened with row offsets so that
         # one searchsorted answers "how many of the next spans fit" for every row at once.
         idx = np.arange(k + 1)
         csum = np.zeros((batch, k + 1), dtype=np.int64)
-        csum[:, 1:] = np.cumsum(span_len, axis=1)
+        csum[:, 1:] = span_len.cumsum(axis=1)
         beyond = idx > count[:, None]
         offsets = (np.arange(batch) * _STRIDE)[:, None]
-        table_c = np.where(beyond, _HUGE, csum) + offsets
-        table_d = np.where(beyond, _HUGE, csum + idx) + offsets
-        flat_c, flat_d = table_c.ravel(), table_d.ravel()
-        next_span = np.zeros(batch, dtype=np.int64)
+        flat_d = (np.where(beyond, _HUGE, csum + idx) + offsets).ravel()
+        budget = np.floor(self.config.bert_ratio * seg_len).astype(np.int64)
+        # Every document but a row's longest takes, shortest first, the next spans that fit in its budget: a walk
+        # with one bisect per document on the row's prefix sums (a plain loop over documents, which costs less
+        # than a few numpy calls per document rank). The longest (one per row) then takes in one go the spans
+        # that fit with a gap between them.
+        base = np.arange(batch) * (k + 1)
         seg_first = np.zeros(len(seg_row), dtype=np.int64)
         seg_take = np.zeros(len(seg_row), dtype=np.int64)
-        budget = np.floor(self.config.bert_ratio * seg_len).astype(np.int64)
-        for rank in range(int(seg_count.max(initial=0))):
-            sel = np.flatnonzero(seg_rank == rank)
-            rows = seg_row[sel]
-            at = next_span[rows]
-            base = rows * (k + 1)
-            fit_c = np.searchsorted(flat_c, table_c[rows, at] + budget[sel], side="right") - 1 - base
-            fit_d = np.searchsorted(flat_d, table_d[rows, at] + seg_len[sel] + 1, side="right") - 1 - base
-            take = np.maximum(np.where(seg_last[sel], fit_d, fit_c) - at, 0)
-            seg_first[sel] = at
-            seg_take[sel] = take
-            next_span[rows] = at + take
+        shorter = (~seg_last).nonzero()[0]
+        next_span = [0] * batch
+        if len(shorter):
+            prefix, ends = csum.tolist(), (count + 1).tolist()
+            firsts, takes = [], []
+            for row, room in zip(seg_row[shorter].tolist(), budget[shorter].tolist(), strict=True):
+                sums, at = prefix[row], next_span[row]
+                fit = bisect.bisect_right(sums, sums[at] + room, at, ends[row]) - 1
+                firsts.append(at)
+                takes.append(fit - at)
+                next_span[row] = fit
+            seg_first[shorter] = firsts
+            seg_take[shorter] = takes
+        pointer = base + np.array(next_span, dtype=np.int64)
+        longest = seg_last.nonzero()[0]
+        at = pointer[seg_row[longest]]
+        fit = flat_d.searchsorted(flat_d[at] + seg_len[longest] + 1, side="right") - 1
+        seg_first[longest] = at - base[seg_row[longest]]
+        seg_take[longest] = fit - at
+        pointer[seg_row[longest]] = fit
+        next_span = pointer - base
         unplaced = int((count - next_span).sum())
         if unplaced:
             self.stats["unplaced_spans"] += unplaced
@@ -348,12 +379,12 @@ class BlankInfillingBuilder:
         g_take = seg_take[has]
         g_row, g_start, g_len, g_first = seg_row[has], seg_start[has], seg_len[has], seg_first[has]
         group = np.repeat(np.arange(len(g_take)), g_take)
-        within = np.arange(len(group)) - np.repeat(np.cumsum(g_take) - g_take, g_take)
+        within = np.arange(len(group)) - (g_take.cumsum() - g_take).repeat(g_take)
         length = span_len[g_row[group], g_first[group] + within]
         total = np.bincount(group, weights=length, minlength=len(g_take)).astype(np.int64)
         room = g_len - total - g_take + 1  # free places: the gaps are 0 .. room
         places = np.floor(rng.random(len(group)) * (room[group] + 1)).astype(np.int64)
-        places = places[np.lexsort((places, group))]
+        places = np.sort(group * _STRIDE + places) - group * _STRIDE  # ascending within each document
         before = _exclusive_segment_cumsum(length + 1, g_take)
         start = g_start[group] + places + before
         spans = _Spans(g_row[group], start, length, np.ones(len(group), dtype=bool))
@@ -371,8 +402,8 @@ class BlankInfillingBuilder:
         starts[:, 1:] &= ~content[:, :-1] | is_end[:, :-1]
         stops = content.copy()
         stops[:, :-1] &= is_end[:, :-1] | ~content[:, 1:]
-        first = np.flatnonzero(starts)
-        last = np.flatnonzero(stops)
+        first = starts.ravel().nonzero()[0]
+        last = stops.ravel().nonzero()[0]
         row = first // width
         keep = is_end.ravel()[last] | ((last % width) == lengths[row] - 1)
         row, first, last = row[keep], first[keep], last[keep]
@@ -403,7 +434,7 @@ class BlankInfillingBuilder:
         place = np.floor(rng.random(batch) * (lengths - 2 - gen + 1)).astype(np.int64)
         start = np.where(suffix, lengths - gen, 1 + place)
         ok = gen > 0
-        rows = np.flatnonzero(ok)
+        rows = ok.nonzero()[0]
         return _Spans(rows, start[ok], gen[ok], ~suffix[ok])
 
     def split_short(self, texts: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -445,63 +476,76 @@ class BlankInfillingBuilder:
         task: int,
         rng: np.random.Generator,
     ) -> dict[str, np.ndarray]:
-        """Part A (the text, each span replaced by one blank) then part B (the spans, in shuffled order)."""
+        """Part A (the text, each span replaced by one blank) then part B (the spans, in shuffled order).
+
+        Spans must be sorted by row then start (as ``_Spans`` keeps them). Part A is one compress of the text and
+        its positions are its columns, so per-span quantities come from the span list, and every output is
+        filled by flat scatters: a few dozen numpy calls per batch, whatever the batch size.
+        """
         cfg, ids = self.config, self.ids
         batch, width = tokens.shape
         n_spans = len(spans.row)
-        flat_start = spans.row * width + spans.start
 
-        # Text positions: each span collapses to the position of its blank.
-        covered = _covered(spans, batch, width)
-        is_start = np.zeros(batch * width, dtype=bool)
-        is_start[flat_start] = True
-        is_start = is_start.reshape(batch, width)
-        interior = covered & ~is_start
-        text_pos = np.cumsum(~interior, axis=1) - 1
-        keep = (np.arange(width) < lengths[:, None]) & ~interior
+        # Part A: the text without the span interiors (each span keeps its first token, which becomes the blank).
+        inner = spans.length > 1
+        wide = width + 1
+        marks = np.zeros((batch, wide), dtype=np.int8)
+        flat_marks = marks.ravel()
+        inner_at = spans.row[inner] * wide + spans.start[inner]
+        flat_marks[inner_at + 1] = 1  # interiors never overlap, so the running sum is 0 or 1
+        flat_marks[inner_at + spans.length[inner]] = -1
+        interior = marks.cumsum(axis=1, dtype=np.int8)[:, :width]
+        keep = (interior == 0) & (np.arange(width) < lengths[:, None])
+        a_tokens = tokens[keep]
+        per_row = np.bincount(spans.row, minlength=batch)
+        row_first = (per_row.cumsum() - per_row)[spans.row]  # index of the first span of each span's row
         sep = keep.sum(axis=1)
-        suffix_row = np.zeros(batch, dtype=bool)
-        suffix_row[spans.row[~spans.eop]] = True
+        # A span's blank sits where its start lands in part A: after the interiors of the row's earlier spans.
+        blank_at = spans.start - _sum_before(spans.length - 1, row_first)
+        shift = None
         if cfg.random_position:
             # Original: offset in [0, seq_length - last position) when the sample does not reach the end.
+            suffix_row = np.zeros(batch, dtype=bool)
+            suffix_row[spans.row[~spans.eop]] = True
             room = cfg.seq_length - (sep - 1)
             shift = np.where(room > 1, np.floor(rng.random(batch) * np.maximum(room, 1)), 0).astype(np.int64)
-            text_pos += np.where(suffix_row, 0, shift)[:, None]
+            shift = np.where(suffix_row, 0, shift)
 
         # Part-B order: shuffled within each row (or text order), and the index of each span in it.
         if cfg.no_shuffle_block or cfg.encoder_decoder:
             order = np.arange(n_spans)
         else:
             order = np.lexsort((rng.random(n_spans), spans.row))
-        per_row = np.bincount(spans.row, minlength=batch)
         rank = np.empty(n_spans, dtype=np.int64)
-        rank[order] = np.arange(n_spans) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        rank[order] = np.arange(n_spans) - (per_row.cumsum() - per_row).repeat(per_row)
 
         # Blank tokens in part A.
         if task == SENTENCE:
-            blank = np.full(n_spans, ids.smask if cfg.task_mask else ids.mask)
+            blank = ids.smask if cfg.task_mask else ids.mask
         elif task == DOCUMENT:
-            blank = np.full(n_spans, ids.gmask if cfg.task_mask else ids.mask)
+            blank = ids.gmask if cfg.task_mask else ids.mask
         elif cfg.sentinel_token:
             blank = self._sentinel(self._sentinel_masks, rank)
         else:
-            blank = np.full(n_spans, ids.mask)
-        source = tokens.copy()
-        source.ravel()[flat_start] = blank
+            blank = ids.mask
 
         # Part B, element by element: span s contributes its start token then its tokens (block offset j).
         o_row, o_start = spans.row[order], spans.start[order]
         o_len, o_eop = spans.length[order], spans.eop[order]
         o_size = o_len + o_eop
-        o_offset = _exclusive_segment_cumsum(o_size, per_row)
-        elem = np.repeat(np.arange(n_spans), o_size)
-        j = np.arange(len(elem)) - np.repeat(np.cumsum(o_size) - o_size, o_size)
-        e_row, e_start, e_len = o_row[elem], o_start[elem], o_len[elem]
-        text_at = e_row * width + e_start
-        sop = self._sentinel(self._sentinel_sops, rank[order]) if cfg.sentinel_token else np.full(n_spans, ids.sop)
-        b_input = np.where(j == 0, sop[elem], tokens.ravel()[text_at + np.maximum(j - 1, 0)])
-        b_target = np.where(j == e_len, ids.eop, tokens.ravel()[text_at + np.minimum(j, e_len - 1)])
-        b_pos = text_pos.ravel()[text_at]
+        o_offset = _sum_before(o_size, row_first)  # the order only permutes spans within their row
+        elem = np.arange(n_spans).repeat(o_size)
+        j = np.arange(len(elem)) - (o_size.cumsum() - o_size).repeat(o_size)
+        e_row, e_len = o_row[elem], o_len[elem]
+        text_at = e_row * width + o_start[elem]
+        flat_tokens = tokens.ravel()
+        if cfg.sentinel_token:
+            sop = self._sentinel(self._sentinel_sops, rank[order])[elem]
+        else:
+            sop = ids.sop
+        b_input = np.where(j == 0, sop, flat_tokens[text_at + np.maximum(j - 1, 0)])
+        b_target = np.where(j == e_len, ids.eop, flat_tokens[text_at + np.minimum(j, e_len - 1)])
+        b_pos = (blank_at[order] if shift is None else blank_at[order] + shift[o_row])[elem]
         if cfg.sentinel_token:
             b_pos = b_pos + o_eop[elem]  # original: part B sits at the position after the span
         if task == TOKEN and cfg.block_mask_prob > 0:
@@ -510,36 +554,55 @@ class BlankInfillingBuilder:
         b_label = np.where(b_target == ids.cls, -100, b_target)
         b_col = o_offset[elem] + j
         part_b = np.bincount(o_row, weights=o_size, minlength=batch).astype(np.int64)
-
-        a_rows = np.nonzero(keep)[0]
-        a_dest = (np.cumsum(keep, axis=1) - 1)[keep]
         task_ids = np.full(batch, task, dtype=np.int64)
+
+        part_a = (a_tokens, sep, spans.row, blank_at, blank, shift)
         if cfg.encoder_decoder:
-            return self._encoder_decoder(
-                source, keep, text_pos, sep, a_rows, a_dest, e_row, b_col, b_input, b_label, b_pos, j, part_b, task
-            )
+            input_ids, position_ids = self._part_a(*part_a, int(sep.max(initial=0)))
+            decoder = self._decoder(batch, e_row, b_col, b_input, b_label, b_pos, j, int(part_b.max(initial=0)))
+            return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, **decoder, "task": task_ids}
 
         out_len = int((sep + part_b).max(initial=0))
-        input_ids = np.full((batch, out_len), ids.pad, dtype=np.int64)
+        input_ids, position_ids = self._part_a(*part_a, out_len)
         labels = np.full((batch, out_len), -100, dtype=np.int64)
-        position_ids = np.zeros((batch, 2, out_len), dtype=np.int64)
-        input_ids[a_rows, a_dest] = source[keep]
-        position_ids[a_rows, 0, a_dest] = text_pos[keep]
         b_dest = sep[e_row] + b_col
-        input_ids[e_row, b_dest] = b_input
-        labels[e_row, b_dest] = b_label
-        position_ids[e_row, 0, b_dest] = b_pos
-        position_ids[e_row, 1, b_dest] = j + 1
+        input_ids.ravel()[e_row * out_len + b_dest] = b_input
+        labels.ravel()[e_row * out_len + b_dest] = b_label
+        dest = e_row * (2 * out_len) + b_dest
+        position_ids.ravel()[dest] = b_pos
+        position_ids.ravel()[dest + out_len] = j + 1
         if task == TOKEN and cfg.context_mask_ratio > 0:
             self._mask_context(input_ids, sep, lengths, rng)
-        self.stats["target_tokens"] += int((labels != -100).sum())
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "sep": sep.astype(np.int64),
-            "labels": labels,
-            "task": task_ids,
-        }
+        self.stats["target_tokens"] += int(np.count_nonzero(b_label != -100))
+        return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, "labels": labels, "task": task_ids}
+
+    def _part_a(self, a_tokens, sep, span_row, blank_at, blank, shift, out_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """``input_ids`` and ``position_ids`` (``[B, out_len]``, ``[B, 2, out_len]``) holding part A: the kept
+        text tokens of every row back to back in ``a_tokens``, blanks written over the spans' first tokens, and
+        text positions that are the columns (plus a row's random shift)."""
+        batch = len(sep)
+        input_ids = np.full((batch, out_len), self.ids.pad, dtype=np.int64)
+        row_first = np.arange(batch) * out_len - (sep.cumsum() - sep)
+        input_ids.ravel()[np.arange(len(a_tokens)) + row_first.repeat(sep)] = a_tokens
+        input_ids.ravel()[span_row * out_len + blank_at] = blank
+        position_ids = np.zeros((batch, 2, out_len), dtype=np.int64)
+        columns = np.arange(out_len)
+        text_positions = columns + shift[:, None] if shift is not None else columns
+        position_ids[:, 0] = np.where(columns < sep[:, None], text_positions, 0)
+        return input_ids, position_ids
+
+    def _decoder(self, batch, e_row, b_col, b_input, b_label, b_pos, j, tgt_len: int) -> dict[str, np.ndarray]:
+        """Encoder-decoder layout: part B (spans in text order) as its own padded decoder sequences."""
+        decoder_input_ids = np.full((batch, tgt_len), self.ids.pad, dtype=np.int64)
+        decoder_position_ids = np.zeros((batch, 2, tgt_len), dtype=np.int64)
+        labels = np.full((batch, tgt_len), -100, dtype=np.int64)
+        dest = e_row * tgt_len + b_col
+        decoder_input_ids.ravel()[dest] = b_input
+        labels.ravel()[dest] = b_label
+        dest = e_row * (2 * tgt_len) + b_col
+        decoder_position_ids.ravel()[dest] = b_pos
+        decoder_position_ids.ravel()[dest + tgt_len] = j + 1
+        return {"decoder_input_ids": decoder_input_ids, "decoder_position_ids": decoder_position_ids, "labels": labels}
 
     def _sentinel(self, table: np.ndarray, rank: np.ndarray) -> np.ndarray:
         if len(rank) and rank.max() >= len(table):
@@ -565,35 +628,6 @@ class BlankInfillingBuilder:
             if count:
                 chosen = rng.choice(candidates, size=count, replace=False)
                 input_ids[b, chosen] = ids.dblock
-
-    def _encoder_decoder(
-        self, source, keep, text_pos, sep, a_rows, a_dest, e_row, b_col, b_input, b_label, b_pos, j, part_b, task
-    ) -> dict[str, np.ndarray]:
-        """Encoder input = part A; decoder input/labels = part B (spans in text order), each padded on its own."""
-        ids = self.ids
-        batch = source.shape[0]
-        src_len = int(sep.max(initial=0))
-        tgt_len = int(part_b.max(initial=0))
-        input_ids = np.full((batch, src_len), ids.pad, dtype=np.int64)
-        position_ids = np.zeros((batch, 2, src_len), dtype=np.int64)
-        input_ids[a_rows, a_dest] = source[keep]
-        position_ids[a_rows, 0, a_dest] = text_pos[keep]
-        decoder_input_ids = np.full((batch, tgt_len), ids.pad, dtype=np.int64)
-        decoder_position_ids = np.zeros((batch, 2, tgt_len), dtype=np.int64)
-        labels = np.full((batch, tgt_len), -100, dtype=np.int64)
-        decoder_input_ids[e_row, b_col] = b_input
-        decoder_position_ids[e_row, 0, b_col] = b_pos
-        decoder_position_ids[e_row, 1, b_col] = j + 1
-        labels[e_row, b_col] = b_label
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "sep": sep.astype(np.int64),
-            "decoder_input_ids": decoder_input_ids,
-            "decoder_position_ids": decoder_position_ids,
-            "labels": labels,
-            "task": np.full(batch, task, dtype=np.int64),
-        }
 
     def build_masked(self, tokens: np.ndarray, lengths: np.ndarray, spans: _Spans) -> dict[str, np.ndarray]:
         """Masked-LM baseline: every token of a span becomes ``[MASK]`` in place; attention fully bidirectional."""

@@ -30,16 +30,29 @@ from .shards import TokenShards
 from .special import SpecialIds
 
 _MASK64 = (1 << 64) - 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX = (np.uint64(30), np.uint64(0xBF58476D1CE4E5B9), np.uint64(27), np.uint64(0x94D049BB133111EB), np.uint64(31))
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer over uint64 arrays: a bijective mix, so distinct counters give distinct draws."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finalizer over a uint64 array, in place (it must be a fresh array): a bijective mix, so
+    distinct counters give distinct draws. In place and with ready-made constants: a handful of microseconds."""
+    shift1, mul1, shift2, mul2, shift3 = _MIX
+    x ^= x >> shift1
+    x *= mul1
+    x ^= x >> shift2
+    x *= mul2
+    x ^= x >> shift3
+    return x
+
+
+def _splitmix_int(x: int) -> int:
+    """:func:`_splitmix` of one Python integer (the seed's key, mixed once per call without numpy overhead)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
 
 
 def sample_uniforms(seed: int, indices: np.ndarray, first: int, count: int) -> np.ndarray:
@@ -48,11 +61,12 @@ def sample_uniforms(seed: int, indices: np.ndarray, first: int, count: int) -> n
     A hash of (seed, index, draw number) instead of a seeded generator per sample: creating a numpy generator
     costs ~20 us, this costs well under 1 us per sample, and it is trivially reproducible anywhere.
     """
-    with np.errstate(over="ignore"):
-        key = _splitmix(np.asarray(indices, dtype=np.uint64) ^ _splitmix(np.array([seed & _MASK64], np.uint64)))
-        draws = np.arange(first + 1, first + count + 1, dtype=np.uint64) * _GOLDEN
-        bits = _splitmix(key[:, None] + draws[None, :])
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    # uint64 array arithmetic wraps silently (only numpy scalars warn), which is what the hash wants.
+    key = _splitmix(np.asarray(indices, dtype=np.uint64) ^ np.uint64(_splitmix_int(seed & _MASK64)))
+    draws = np.arange(first + 1, first + count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    bits = _splitmix(key[:, None] + draws)
+    bits >>= np.uint64(11)
+    return bits.astype(np.float64) * (1.0 / (1 << 53))
 
 
 class BlockDataset:
@@ -88,7 +102,8 @@ class BlockDataset:
         self.doc_lengths = shards.doc_lengths
         self.cumulative = np.cumsum(self.doc_lengths)
         self.total = int(self.cumulative[-1])
-        self._cls = np.array([self.ids.cls], dtype=shards.dtype)
+        if self.total < 1 << 31:  # half the table to search: fewer cache misses when drawing documents
+            self.cumulative = self.cumulative.astype(np.int32)
         mean = self.total / max(1, int((self.doc_lengths > 0).sum()))
         self._pack_draws = int(min(256, max(4, 2 * seq_length / (mean + 1) + 2)))
 
@@ -99,102 +114,184 @@ class BlockDataset:
         return self.get_batch([index])[0]
 
     def pick_documents(self, uniforms: np.ndarray) -> np.ndarray:
-        """Documents drawn in proportion to their length (a uniform token position, then its document)."""
-        return np.searchsorted(self.cumulative, np.floor(uniforms * self.total), side="right")
+        """Documents drawn in proportion to their length (a uniform token position, then its document). The
+        position is made an integer first: a float query would convert the whole cumulative table on every call."""
+        position = np.floor(uniforms * self.total).astype(self.cumulative.dtype)
+        return self.cumulative.searchsorted(position, side="right")
 
     def get_batch(self, indices) -> list[np.ndarray]:
-        """The packed texts of several sample indices (first draws vectorized over the batch)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        u = sample_uniforms(self.seed, indices, 0, 4)
-        docs = self.pick_documents(u[:, 0]).tolist()
+        """The packed texts of several sample indices (views into one buffer holding the batch)."""
+        tokens, starts, lengths = self._batch_tokens(indices)
+        return [tokens[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+
+    def get_padded(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """The packed texts of several sample indices as ``[B, T]`` int64 padded with pad, and their lengths ``[B]``:
+        what the blank-infilling builder works on, without a list of per-sample arrays in between."""
+        tokens, starts, lengths = self._batch_tokens(indices)
+        width = int(lengths.max(initial=0))
+        padded = np.full((len(lengths), width), self.ids.pad, dtype=np.int64)
+        valid = np.arange(width) < lengths[:, None]
+        padded[valid] = tokens[np.arange(int(lengths.sum())) + (starts - (lengths.cumsum() - lengths)).repeat(lengths)]
+        return padded, lengths
+
+    def _batch_tokens(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every text of the batch back to back, with its start and length in that buffer.
+
+        A text is a list of segments ``[CLS] + doc[start:start + count]`` (one for a crop, one per document for a
+        pack). Segments are planned for the whole batch with array operations, read from the shards with one
+        gather, and the last segment of a text is then cut back to a sentence end where the sampling asks for it.
+        Draws are those of a per-sample loop, so texts do not depend on the batch they are built in.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        # Draws 0-3 choose and crop the first document, the next ones are the first round of packing: one call.
+        u = sample_uniforms(self.seed, indices, 0, 4 + self._pack_draws)
+        picks = self.pick_documents(u)  # one search for the first document and the first round (1-3 unused)
+        docs = picks[:, 0]
         long = self.doc_lengths[docs] > self.seq_length - 1
-        packed = np.flatnonzero(~long)
-        # The first round of extra documents of every packed sample, drawn for all of them at once.
-        draws = self.pick_documents(sample_uniforms(self.seed, indices[packed], 4, self._pack_draws))
-        first_round = dict(zip(packed.tolist(), draws, strict=True))
-        return [
-            self._crop(doc, u[b]) if long[b] else self._pack(doc, int(indices[b]), first_round[b])
-            for b, doc in enumerate(docs)
-        ]
+        crop, pack = long.nonzero()[0], (~long).nonzero()[0]
+        plan = _Segments()
+        self._plan_crops(plan, crop, docs[crop], u[crop])
+        self._plan_packs(plan, pack, docs[pack], indices[pack], picks[pack, 4:])
+        row, doc, first, count = plan.in_text_order()
+        tokens = self.shards.gather(doc, first, count, lead=1)
+        sizes = count + 1
+        seg_at = sizes.cumsum() - sizes
+        tokens[seg_at] = self.ids.cls
+        lengths = np.bincount(row, weights=sizes, minlength=len(indices)).astype(np.int64)
+        starts = lengths.cumsum() - lengths
 
-    def _crop(self, doc: int, u: np.ndarray) -> np.ndarray:
-        """A window of a long document, starting at a sentence start and ending at a sentence end if possible."""
-        length, size, half = int(self.doc_lengths[doc]), self.seq_length, self.seq_length // 2
-        ends = self.sentence_ends
-        start = int(u[1] * (length - size + 1))
-        if u[2] >= self.non_sentence_start:
-            if u[3] < 0.5:  # back to the closest sentence start, at most `half` tokens
-                low = max(start - half, 0)
-                before = ends[self.shards.tokens(doc, max(low - 1, 0), start)]
-                hits = np.flatnonzero(before)
-                start = max(low - 1, 0) + int(hits[-1]) + 1 if len(hits) else low
-            elif start > 0:  # forward to the next sentence start, at most `half` tokens
-                high = min(start + half, length)
-                after = ends[self.shards.tokens(doc, start - 1, high)]
-                hits = np.flatnonzero(after)
-                start = start + int(hits[0]) if len(hits) else high
-        body = self.shards.tokens(doc, start, start + size - 1)
-        if length - start > size - 1:  # the rest does not fit: end at the last sentence end (if past half)
-            hits = np.flatnonzero(ends[body])
-            keep = int(hits[-1]) + 1 if len(hits) else 0
-            if keep + 1 < half:
-                keep = size - 1
-            body = body[:keep]
-        return np.concatenate((self._cls, body))
+        # Cut the last segment of some texts back to its last sentence end, unless that keeps too little.
+        cut_rows, min_keep = plan.cut_arrays()
+        if len(cut_rows):
+            text_end = starts[cut_rows] + lengths[cut_rows]
+            seg_count = count[seg_at.searchsorted(text_end - 1, side="right") - 1]
+            hit = _last_true(self.sentence_ends[tokens], text_end - seg_count, seg_count)
+            keep = np.where(hit + 2 < min_keep, seg_count, hit + 1)  # no sentence end: hit = -1, keep 0
+            lengths[cut_rows] -= seg_count - keep
+        return tokens, starts, lengths
 
-    def _pack(self, doc: int, index: int, first_round: np.ndarray | None = None) -> np.ndarray:
-        """``[CLS] doc [eos] [CLS] doc ...`` with further length-weighted documents until ``seq_length``."""
+    def _plan_crops(self, plan: _Segments, rows: np.ndarray, docs: np.ndarray, u: np.ndarray) -> None:
+        """A window of a long document, starting at a sentence start and ending at a sentence end if possible:
+        the start moves back (``u[3] < 0.5``) or forward to the nearest sentence start, at most ``half`` tokens."""
+        if not len(rows):
+            return
+        size, half = self.seq_length, self.seq_length // 2
+        length = self.doc_lengths[docs]
+        start = (u[:, 1] * (length - size + 1)).astype(np.int64)
+        move = u[:, 2] >= self.non_sentence_start
+        back = move & (u[:, 3] < 0.5)
+        forward = move & (u[:, 3] >= 0.5) & (start > 0)
+        low = np.maximum(start - half, 0)
+        high = np.minimum(start + half, length)
+        # Back: the last sentence end in [low - 1, start) (start just after it), else low.
+        # Forward: the first sentence end in [start - 1, high) (start just after it), else high.
+        scan_from = np.where(back, np.maximum(low - 1, 0), start - 1)
+        scan_count = np.where(back, start - scan_from, high - scan_from)
+        moving = np.flatnonzero(back | forward)
+        if len(moving):
+            where, n = scan_from[moving], scan_count[moving]
+            found = self.sentence_ends[self.shards.gather(docs[moving], where, n)]
+            at = n.cumsum() - n
+            is_back = back[moving]
+            last, first = _last_true(found, at, n), _first_true(found, at, n)
+            start[moving] = np.where(
+                is_back,
+                np.where(last >= 0, where + last + 1, low[moving]),
+                np.where(first >= 0, where + first + 1, high[moving]),
+            )
+        count = np.minimum(size - 1, length - start)
+        plan.add(rows, docs, start, count)
+        cut = length - start > size - 1  # the rest does not fit: end at the last sentence end (if past half)
+        plan.cut(rows[cut], np.full(int(cut.sum()), half))
+
+    def _plan_packs(
+        self, plan: _Segments, rows: np.ndarray, docs: np.ndarray, indices: np.ndarray, first_round: np.ndarray
+    ) -> None:
+        """``[CLS] doc [eos] [CLS] doc ...`` with further length-weighted documents until ``seq_length``: rounds of
+        ``_pack_draws`` documents per unfinished text, all texts at once; the document that overflows is cut.
+
+        The first round is one matrix per text (its first document, then the round's draws), so its segments
+        come out in text order; a text that needs another round (rare) is sorted into place later.
+        """
+        if not len(rows):
+            return
         size = self.seq_length
-        docs, takes = [np.array([doc])], [self.doc_lengths[[doc]]]
-        total = 1 + int(self.doc_lengths[doc])
-        drawn = 4
-        while total < size:
-            if drawn == 4 and first_round is not None:
-                more = first_round
-            else:
-                u = sample_uniforms(self.seed, np.array([index]), drawn, self._pack_draws)[0]
-                more = self.pick_documents(u)
-            drawn += self._pack_draws
+        more = np.concatenate((docs[:, None], first_round), axis=1)
+        active = np.arange(len(rows))
+        total = np.zeros(len(rows), dtype=np.int64)  # tokens so far, [CLS] included
+        drawn = 4 + self._pack_draws
+        while len(active):
+            n_cols = more.shape[1]
             lengths = self.doc_lengths[more]
-            reach = total + np.cumsum(lengths + 1)
-            stop = int(np.searchsorted(reach, size, side="left"))
-            if stop == len(more):
-                docs.append(more)
-                takes.append(lengths)
-                total = int(reach[-1])
-                continue
-            room = size - (int(reach[stop - 1]) if stop else total)
-            last = int(more[stop])
-            keep = min(room - 1, int(lengths[stop]))
-            if int(lengths[stop]) + 1 > room:  # cut back to a sentence end, if that keeps half the room
-                hits = np.flatnonzero(self.sentence_ends[self.shards.tokens(last, 0, room - 1)])
-                keep = int(hits[-1]) + 1 if len(hits) else 0
-                if keep + 1 < room // 2:
-                    keep = room - 1
-            docs.append(more[: stop + 1])
-            takes.append(np.append(lengths[:stop], keep))
-            break
-        return self._gather(np.concatenate(docs), np.concatenate(takes))
+            reach = total[active, None] + (lengths + 1).cumsum(axis=1)
+            stop = (reach < size).sum(axis=1)  # documents that fit whole; the next one (if any) ends the text
+            ends = (stop < n_cols).nonzero()[0]
+            at = stop[ends]
+            room = size - np.where(at > 0, reach[ends, np.maximum(at - 1, 0)], total[active[ends]])
+            last_length = lengths[ends, at]
+            lengths[ends, at] = np.minimum(room - 1, last_length)
+            taken = np.minimum(stop + 1, n_cols)
+            taken_docs = np.arange(n_cols) < taken[:, None]
+            plan.add(
+                rows[active].repeat(taken), more[taken_docs], np.zeros(int(taken.sum()), np.int64), lengths[taken_docs]
+            )
+            cut = last_length + 1 > room  # cut back to a sentence end, if that keeps half the room
+            plan.cut(rows[active[ends[cut]]], room[cut] // 2)
+            going = stop == n_cols
+            total[active[going]] = reach[going, -1]
+            active = active[going]
+            if len(active):
+                more = self.pick_documents(sample_uniforms(self.seed, indices[active], drawn, self._pack_draws))
+                drawn += self._pack_draws
 
-    def _gather(self, docs: np.ndarray, takes: np.ndarray) -> np.ndarray:
-        """``[CLS] + doc[:take]`` for each document, back to back, with one fancy index per shard (packing a few
-        dozen short documents costs a handful of numpy calls, not one slice and copy per document)."""
-        sizes = takes + 1
-        starts = np.cumsum(sizes) - sizes
-        total = int(sizes.sum())
-        source = np.repeat(self.shards.doc_offsets[docs] - starts - 1, sizes) + np.arange(total)
-        shard_of = self.shards.doc_shards[docs]
-        first = int(shard_of[0])
-        if (shard_of == first).all():
-            out = self.shards.buffers[first][np.maximum(source, 0)]
-        else:
-            out = np.empty(total, dtype=self.shards.dtype)
-            per_token = np.repeat(shard_of, sizes)
-            for shard in np.unique(shard_of).tolist():
-                where = per_token == shard
-                out[where] = self.shards.buffers[shard][np.maximum(source[where], 0)]
-        out[starts] = self.ids.cls
-        return out
+
+class _Segments:
+    """The segments of a batch's texts as they are planned (row, document, first token, count), and the texts
+    whose last segment is to be cut back to a sentence end (with the fewest tokens such a cut must keep, + 1)."""
+
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.cuts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, rows, docs, first, count) -> None:
+        self.parts.append((rows, docs, first, count))
+
+    def cut(self, rows, min_keep) -> None:
+        self.cuts.append((rows, min_keep))
+
+    def in_text_order(self) -> tuple[np.ndarray, ...]:
+        """``row, doc, first, count`` sorted by row, each row's segments in planning order (one part is sorted)."""
+        if len(self.parts) == 1:
+            return self.parts[0]
+        columns = [np.concatenate(column) for column in zip(*self.parts, strict=True)]
+        order = columns[0].argsort(kind="stable")
+        return tuple(column[order] for column in columns)
+
+    def cut_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.cuts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return tuple(np.concatenate(column).astype(np.int64, copy=False) for column in zip(*self.cuts, strict=True))
+
+
+def _last_true(flags: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Offset of the last True in each range ``flags[start:start + count]``, -1 where there is none (a search in
+    the few True positions, not a pass over the whole array)."""
+    hits = flags.nonzero()[0]
+    if not len(hits):
+        return np.full(len(starts), -1, dtype=np.int64)
+    k = hits.searchsorted(starts + counts) - 1
+    at = hits[np.maximum(k, 0)]
+    return np.where((k >= 0) & (at >= starts), at - starts, -1)
+
+
+def _first_true(flags: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Offset of the first True in each range ``flags[start:start + count]``, -1 where there is none."""
+    hits = flags.nonzero()[0]
+    if not len(hits):
+        return np.full(len(starts), -1, dtype=np.int64)
+    k = hits.searchsorted(starts)
+    at = hits[np.minimum(k, len(hits) - 1)]
+    return np.where((k < len(hits)) & (at < starts + counts), at - starts, -1)
 
 
 class PretrainBatches(torch.utils.data.IterableDataset):
@@ -251,8 +348,8 @@ class PretrainBatches(torch.utils.data.IterableDataset):
     def batch(self, step: int) -> dict:
         """The batch this rank trains on at ``step``."""
         group = step * self.world_size + self.rank
-        texts = self.dataset.get_batch(self.sample_indices(step))
-        batch = self.builder.build(texts, seed=(self.seed, group))
+        tokens, lengths = self.dataset.get_padded(self.sample_indices(step))
+        batch = self.builder.build_padded(tokens, lengths, seed=(self.seed, group))
         if self.pad_to_multiple_of:
             batch = pad_to_multiple(batch, self.pad_to_multiple_of, self.builder.ids.pad)
         return to_tensors(batch) if self.tensors else batch
