@@ -3,10 +3,10 @@
 One optimizer step = forward + backward + gradient clipping + fused AdamW, through ``torchglm.train.Trainer``
 exactly as ``torchglm pretrain`` runs it (bf16 = autocast with fp32 master weights). MFU is model FLOPs
 (``6 N + 12 L H S`` per token, N = every weight matrix including the tied output projection) per second,
-divided by the matmul peak of the same dtype measured in the same run (the median of three timings of the
-fastest product of two large squares, see ``measure_matmul_peak``). GLM batches are blank-infilling shaped
-(part A 85%, part B with targets 15%); GPT-2 predicts every token. On a CPU without bf16 GEMM the GPT-2 peer is
-skipped in bf16 (torch's reference kernel would take tens of minutes per step).
+divided by the matmul peak of the same dtype measured in the same run (the fastest product of two large
+squares, see ``measure_matmul_peak``, timed after every round of steps; the median counts). GLM batches are
+blank-infilling shaped (part A 85%, part B with targets 15%); GPT-2 predicts every token. On a CPU without
+bf16 GEMM the GPT-2 peer is skipped in bf16 (torch's reference kernel would take tens of minutes per step).
 
     python benchmarks/train_speed.py                       # CPU: base at seq 512, fp32 and bf16
     python benchmarks/train_speed.py --sizes large 2b      # GPU: the default there
@@ -15,6 +15,7 @@ skipped in bf16 (torch's reference kernel would take tens of minutes per step).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -89,10 +90,11 @@ def make_trainer(model, objective, batches, device, precision: str, folder: str,
     return trainer
 
 
-def paired_step_seconds(trainers, device, repeats: int) -> list[list[float]]:
+def paired_step_seconds(trainers, device, repeats: int, probe) -> tuple[list[list[float]], list[float]]:
     """Wall time of ``repeats`` optimizer steps of each trainer, alternating them so that load changes on a
-    shared machine hit all alike (one warm-up step each first)."""
-    times = [[] for _ in trainers]
+    shared machine hit all alike (one warm-up step each first), and the ``probe()`` (matmul peak) of each round,
+    measured between the steps for the same reason."""
+    times, peaks = [[] for _ in trainers], []
     for round_ in range(repeats + 1):
         for trainer, bucket in zip(trainers, times, strict=True):
             _sync(device)
@@ -101,7 +103,9 @@ def paired_step_seconds(trainers, device, repeats: int) -> list[list[float]]:
             _sync(device)
             if round_:
                 bucket.append(time.perf_counter() - start)
-    return times
+        if round_:
+            peaks.append(probe())
+    return times, peaks
 
 
 def _sync(device):
@@ -134,7 +138,7 @@ def main():
         batches = [glm_batch(args.batch, args.seq, config.vocab_size, generator)]
         for precision in args.precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            peak = statistics.median(measure_matmul_peak(dtype, device) for _ in range(3))
+            peak = measure_matmul_peak(dtype, device)  # a first figure, for the step-time estimate
             estimate = flops * args.batch * args.seq / (peak * 1e12)
             if estimate > args.max_step_seconds:
                 print(
@@ -157,7 +161,10 @@ def main():
                     make_trainer(model.to(device).train(), objective, batches, device, precision, folder, args.repeats)
                     for _, model, objective in models
                 ]
-                times = paired_step_seconds(trainers, device, args.repeats)
+                times, peaks = paired_step_seconds(
+                    trainers, device, args.repeats, functools.partial(measure_matmul_peak, dtype, device)
+                )
+                peak = statistics.median(peaks)
                 for (name, _, _), trainer, seconds in zip(models, trainers, times, strict=True):
                     trainer.metrics.close()
                     median = statistics.median(seconds)

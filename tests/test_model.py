@@ -261,6 +261,98 @@ def test_half_precision_training_step_through_fp32_products(monkeypatch):
     assert (grads[1] - grads[0]).abs().max() < 0.02 * grads[0].abs().max()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Dropout on CPU (a 16-bit keep mask; attention a few heads at a time, probabilities recomputed backward)
+
+
+def test_dropout_zeroes_about_p_and_scales_the_rest():
+    x = torch.randn(400, 500, requires_grad=True)
+    y = model_module.Dropout(0.25).train()(x)
+    kept = y != 0
+    assert abs((~kept).float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / x.numel())
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert torch.equal(model_module.Dropout(0.25).eval()(x), x)
+
+
+def _dropout_attention(query, key, value, mask, p, seed=1):
+    torch.manual_seed(seed)
+    return model_module._CPUDropoutAttention.apply(query, key, value, mask, p)
+
+
+@pytest.mark.parametrize("mask_batch", [None, 1, 2])
+def test_dropout_attention_gradients_match_finite_differences(mask_batch):
+    """Backward regenerates the forward's keep masks: float64 gradcheck through dropout at p = 0.3."""
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = None
+    if mask_batch:
+        mask = torch.rand(mask_batch, 1, 5, 5) > 0.4
+        mask[..., 0] = True  # every query sees a key
+    assert torch.autograd.gradcheck(lambda q, k, v: _dropout_attention(q, k, v, mask, 0.3), (query, key, value))
+
+
+def test_dropout_attention_drops_probabilities_and_rescales():
+    """With one-hot values the output is the dropped probability matrix itself."""
+    torch.manual_seed(0)
+    length, p = 64, 0.25
+    query, key = (torch.randn(2, 4, length, 16) for _ in range(2))
+    value = torch.eye(length).expand(2, 4, length, length).contiguous()
+    mask = torch.ones(length, length, dtype=torch.bool).tril_()[None, None]
+    probs = torch.softmax((query @ key.transpose(-1, -2) / 4).masked_fill(~mask, float("-inf")), dim=-1)
+    out = _dropout_attention(query, key, value, mask, p)
+    kept = out != 0
+    dropped = (~kept & mask).sum().item() / (mask.sum().item() * 8)
+    assert abs(dropped - p) < 4 * math.sqrt(p * (1 - p) / (mask.sum().item() * 8))
+    assert not kept[~mask.expand_as(kept)].any()
+    torch.testing.assert_close(out[kept], probs[kept] / (1 - p))
+    assert not torch.equal(out, _dropout_attention(query, key, value, mask, p, seed=2))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "sep"])
+def test_dropout_attention_without_drops_equals_sdpa(mask_kind):
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 9, 8, requires_grad=True) for _ in range(3))
+    mask = torch.arange(9)[None, :] < torch.tensor([[3], [6]]) if mask_kind == "sep" else None
+    if mask is not None:
+        mask = (mask[:, None, :] | torch.ones(9, 9, dtype=torch.bool).tril())[:, None]
+    is_causal = mask_kind == "causal"
+    outs = [
+        model_module.attention(query, key, value, mask, is_causal, dropout)  # 1e-9 rounds to dropping nothing
+        for dropout in (0.0, 1e-9)
+    ]
+    grads = [torch.autograd.grad((out * out).sum(), (query, key, value)) for out in outs]
+    torch.testing.assert_close(outs[1], outs[0])
+    for ours, sdpa in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, sdpa)
+
+
+def test_gradient_checkpointing_replays_the_same_dropout():
+    ids, positions = random_inputs(batch=2, length=12)
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_model(attention_dropout_prob=0.2, output_dropout_prob=0.2, embedding_dropout_prob=0.2).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(3)
+        loss = model(ids, positions, torch.tensor([4, 7]), labels=ids, use_cache=False).loss
+        loss.backward()
+        results.append((loss.detach(), model.glm.transformer.layers[0].attention.query_key_value.weight.grad))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_decoding_head_copy_equals_the_tied_product_and_follows_weight_changes():
+    model = tiny_model()
+    hidden = torch.randn(1, 1, 32)
+    weight = model.glm.word_embeddings.weight
+    with torch.no_grad():
+        torch.testing.assert_close(model.output_logits(hidden), hidden @ weight.T)
+        weight.mul_(2.0)  # an in-place update (an optimizer step, load_state_dict) must not leave a stale copy
+        torch.testing.assert_close(model.output_logits(hidden), hidden @ weight.T)
+    assert model.output_logits(hidden).requires_grad  # with gradients: the tied product itself
+
+
 def test_loss_is_unshifted_cross_entropy_ignoring_minus_100():
     model = tiny_model()
     ids, positions = random_inputs(batch=2, length=8)
