@@ -172,31 +172,29 @@ def pad_texts(texts: list[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray
     return tokens, lengths
 
 
-def _covered(spans: _Spans, batch: int, width: int) -> np.ndarray:
-    """``[B, T]`` mask of the tokens inside a span: +1 at each start, -1 at each end, running sum (starts are
-    distinct, and so are ends, so plain assignment suffices; a start may equal another span's end)."""
+def _covered(row: np.ndarray, start: np.ndarray, length: np.ndarray, batch: int, width: int) -> np.ndarray:
+    """``[B, T]`` mask of the tokens inside the ranges ``start:start + length`` of their rows (ranges do not
+    overlap): +1 at each start, -1 at each end, running sum. Starts are distinct and so are ends, so plain
+    assignment suffices; a start may equal another range's end, hence two arrays."""
     wide = width + 1
-    opens = np.zeros(batch * wide, dtype=np.int64)
-    closes = np.zeros(batch * wide, dtype=np.int64)
-    opens[spans.row * wide + spans.start] = 1
-    closes[spans.row * wide + spans.start + spans.length] = 1
-    return np.cumsum((opens - closes).reshape(batch, wide), axis=1)[:, :width] > 0
-
-
-def _exclusive_segment_cumsum(values: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
-    """Running sum of ``values`` before each element, restarting at every group (groups are contiguous)."""
-    total = np.cumsum(values)
-    before = total - values
-    firsts = np.cumsum(group_sizes) - group_sizes
-    base = before[firsts[group_sizes > 0]]
-    return before - base.repeat(group_sizes[group_sizes > 0])
+    opens = np.zeros((batch, wide), dtype=np.int8)
+    closes = np.zeros((batch, wide), dtype=np.int8)
+    opens.ravel()[row * wide + start] = 1
+    closes.ravel()[row * wide + start + length] = 1
+    opens -= closes
+    return opens.cumsum(axis=1, dtype=np.int8)[:, :width] > 0
 
 
 def _sum_before(values: np.ndarray, group_first: np.ndarray) -> np.ndarray:
     """Sum of ``values`` before each element within its group (groups contiguous; ``group_first[i]`` is the index
-    of element i's group's first element): :func:`_exclusive_segment_cumsum` when the group starts are known."""
+    of element i's group's first element)."""
     before = values.cumsum() - values
     return before - before[group_first]
+
+
+def _exclusive_segment_cumsum(values: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
+    """:func:`_sum_before` with the groups given by their sizes."""
+    return _sum_before(values, (group_sizes.cumsum() - group_sizes).repeat(group_sizes))
 
 
 class BlankInfillingBuilder:
@@ -487,15 +485,8 @@ class BlankInfillingBuilder:
         n_spans = len(spans.row)
 
         # Part A: the text without the span interiors (each span keeps its first token, which becomes the blank).
-        inner = spans.length > 1
-        wide = width + 1
-        marks = np.zeros((batch, wide), dtype=np.int8)
-        flat_marks = marks.ravel()
-        inner_at = spans.row[inner] * wide + spans.start[inner]
-        flat_marks[inner_at + 1] = 1  # interiors never overlap, so the running sum is 0 or 1
-        flat_marks[inner_at + spans.length[inner]] = -1
-        interior = marks.cumsum(axis=1, dtype=np.int8)[:, :width]
-        keep = (interior == 0) & (np.arange(width) < lengths[:, None])
+        interior = _covered(spans.row, spans.start + 1, spans.length - 1, batch, width)
+        keep = ~interior & (np.arange(width) < lengths[:, None])
         a_tokens = tokens[keep]
         per_row = np.bincount(spans.row, minlength=batch)
         row_first = (per_row.cumsum() - per_row)[spans.row]  # index of the first span of each span's row
@@ -633,7 +624,7 @@ class BlankInfillingBuilder:
         """Masked-LM baseline: every token of a span becomes ``[MASK]`` in place; attention fully bidirectional."""
         ids = self.ids
         batch, width = tokens.shape
-        covered = _covered(spans, batch, width)
+        covered = _covered(spans.row, spans.start, spans.length, batch, width)
         valid = np.arange(width) < lengths[:, None]
         input_ids = np.where(covered, ids.mask, tokens)
         labels = np.where(covered & valid & (tokens != ids.cls), tokens, -100)
