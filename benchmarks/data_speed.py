@@ -25,6 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _machine import describe  # noqa: E402
 from torchglm.data import (  # noqa: E402
     BlankConfig,
     BlankInfillingBuilder,
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         corpora, rates = make_shards(Path(tmp))
         for fmt, rate in rates.items():

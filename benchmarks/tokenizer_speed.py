@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast, GPT2TokenizerFast
 
+from _machine import describe
 from torchglm.tokenization import GLMTokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -66,6 +67,7 @@ def main() -> None:
         help="add special tokens ([CLS] ... eos for torchglm; GPT2TokenizerFast adds none, so not like for like)",
     )
     args = parser.parse_args()
+    print(describe())
     corpus = args.corpus or sorted((SHARED / "data" / "corpus" / "gutenberg").glob("*.txt"))
     lines = read_lines(corpus, args.limit_mb)
     vocab = args.vocab_dir

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import torchglm.model as model_module
+import torchglm.ops.dropout as dropout_ops
+import torchglm.ops.half as half_ops
 from torchglm import (
     GLMConfig,
     GLMForConditionalGeneration,
@@ -222,7 +224,7 @@ def test_low_precision_follows_fp32(dtype):
 @pytest.fixture
 def cpu_without_half_gemm(monkeypatch):
     """Force the fp32-product path of half precision, whatever this CPU supports."""
-    monkeypatch.setattr(model_module, "_cpu_lacks_gemm", lambda dtype: True)
+    monkeypatch.setattr(half_ops, "cpu_lacks_gemm", lambda dtype: True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -249,7 +251,7 @@ def test_half_precision_training_step_through_fp32_products(monkeypatch):
     ids, positions = random_inputs()
     losses, grads = [], []
     for lacks_gemm in (False, True):  # torch's own bf16 kernels, then the fp32-product path
-        monkeypatch.setattr(model_module, "_cpu_lacks_gemm", lambda dtype, lacks=lacks_gemm: lacks)
+        monkeypatch.setattr(half_ops, "cpu_lacks_gemm", lambda dtype, lacks=lacks_gemm: lacks)
         model = tiny_model().to(torch.bfloat16)
         model.load_state_dict(reference.state_dict())
         loss = model(ids, positions, 5, labels=ids).loss
@@ -278,7 +280,7 @@ def test_dropout_zeroes_about_p_and_scales_the_rest():
 
 def _dropout_attention(query, key, value, mask, p, seed=1):
     torch.manual_seed(seed)
-    return model_module._CPUDropoutAttention.apply(query, key, value, mask, p)
+    return dropout_ops.DropoutAttention.apply(query, key, value, mask, p)
 
 
 @pytest.mark.parametrize("mask_batch", [None, 1, 2])

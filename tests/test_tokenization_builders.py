@@ -39,8 +39,11 @@ def test_generation_inputs(tok):
     out = tok.build_inputs_for_generation(tok(TEXTS, padding=True, return_tensors="pt"), max_gen_length=3)
     assert set(out) == {"input_ids", "position_ids", "generation_attention_mask"}
     assert out["input_ids"].tolist() == [[2, 5, 4, 6, 4, 0, 12], [2, 7, 14, 0, 0, 0, 12]]
-    positions = [[0, 1, 2, 3, 4, 5, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 2, 3]]
-    assert out["position_ids"].tolist() == [positions, positions]
+    # padding (the second context's last two columns) sits at position (0, 0) and is never attended
+    assert out["position_ids"].tolist() == [
+        [[0, 1, 2, 3, 4, 5, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 2, 3]],
+        [[0, 1, 2, 3, 0, 0, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 2, 3]],
+    ]
     first = grid(*["111111000"] * 6, "111111100", "111111110", "111111111")
     second = grid(*["111100000"] * 6, "111100100", "111100110", "111100111")
     assert torch.equal(out["generation_attention_mask"], torch.stack([first, second])[:, None])
@@ -55,11 +58,12 @@ def test_generation_inputs_with_targets_for_several_blanks(tok):
     assert out["labels"].tolist() == [[-100] * 6 + [8, 9, 13, 10, 13], [-100] * 6 + [8, 13, -100, -100, -100]]
     assert out["position_ids"].tolist() == [
         [[0, 1, 2, 3, 4, 5, 2, 2, 2, 4, 4], [0, 0, 0, 0, 0, 0, 1, 2, 3, 1, 2]],
-        [[0, 1, 2, 3, 4, 5, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]],
+        [[0, 1, 2, 3, 0, 0, 2, 2, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0]],
     ]
     part_b = ["10000", "11000", "11100", "11110", "11111"]
     first = grid(*["11111100000"] * 6, *["111111" + r for r in part_b])
-    second = grid(*["11110000000"] * 6, *["111100" + r for r in part_b])
+    # padding rows see part A only; padding keys are seen by nobody
+    second = grid(*["11110000000"] * 6, "11110010000", "11110011000", *["11110000000"] * 3)
     assert torch.equal(out["attention_mask"], torch.stack([first, second])[:, None])
 
 
@@ -70,7 +74,7 @@ def test_generation_targets_cut_and_padded_to_max_gen_length(tok):
     padded = tok.build_inputs_for_generation(batch, max_gen_length=4, targets="x", padding=True)
     assert padded["input_ids"].tolist() == [[2, 7, 4, 0, 12, 8, 0, 0]]
     assert padded["labels"].tolist() == [[-100] * 4 + [8, 13, -100, -100]]
-    assert padded["position_ids"].tolist() == [[[0, 1, 2, 3, 2, 2, 2, 2], [0, 0, 0, 0, 1, 2, 3, 4]]]
+    assert padded["position_ids"].tolist() == [[[0, 1, 2, 3, 2, 2, 0, 0], [0, 0, 0, 0, 1, 2, 0, 0]]]
 
 
 def test_left_padding_keeps_positions(tok):
@@ -87,7 +91,7 @@ def test_multiple_choice_inputs(tok):
     assert out["input_ids"].tolist() == [[2, 5, 4, 6, 4, 0, 12, 12, 9, 12], [2, 7, 14, 0, 0, 0, 12, 9, 0, 0]]
     assert out["position_ids"].tolist() == [
         [[0, 1, 2, 3, 4, 5, 2, 2, 2, 4], [0, 0, 0, 0, 0, 0, 1, 1, 2, 1]],
-        [[0, 1, 2, 3, 4, 5, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 2, 2, 2]],
+        [[0, 1, 2, 3, 0, 0, 2, 2, 0, 0], [0, 0, 0, 0, 0, 0, 1, 2, 0, 0]],
     ]
     first = grid(*["1111110000"] * 6, "1111111000", "1111110100", "1111110110", "1111110111")
     second = grid(*["1111000000"] * 6, "1111001000", "1111001100", "1111000000", "1111000000")

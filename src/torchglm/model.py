@@ -11,7 +11,6 @@ Parameter names are those of the released checkpoints, so they load without rena
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 
 from torchglm.config import GLMConfig
+from torchglm.ops import Dropout, Linear, attention, linear
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
@@ -84,6 +84,17 @@ def build_attention_mask(
     return attention_mask.to(device=device) != 0, False
 
 
+def _one_mask(attention_mask, sep):
+    """``sep=`` or the released code's overloaded ``attention_mask`` (a sep or a mask), not both."""
+    if sep is None:
+        return attention_mask
+    if attention_mask is not None:
+        raise ValueError("give sep or attention_mask, not both")
+    if torch.is_tensor(sep) and sep.dim() > 1:
+        raise ValueError(f"sep is a scalar or one entry per sample, got shape {tuple(sep.shape)}")
+    return sep
+
+
 def _min_max(values: torch.Tensor) -> tuple[int, int]:
     """Both bounds in one reduction and one device sync: input checks run at every decoding step."""
     if values.dim() == 0:
@@ -93,173 +104,20 @@ def _min_max(values: torch.Tensor) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Half-precision matrix products on CPUs without half-precision GEMM
-
-
-@functools.cache
-def _cpu_lacks_gemm(dtype: torch.dtype) -> bool:
-    """Whether this CPU has no hardware path for ``dtype`` matrix products (no AVX512-BF16/FP16 or AMX)."""
-    try:
-        caps = torch.cpu.get_capabilities()
-    except AttributeError:  # torch without capability queries: trust its own kernels
-        return False
-    if dtype == torch.bfloat16:
-        return not (caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    return not (caps.get("avx512_fp16") or caps.get("amx_fp16"))
-
-
-def _slow_half_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The half precision a product of ``x`` would run in (its dtype, or autocast's) if this CPU lacks GEMM for
-    it, else None."""
-    if x.device.type != "cpu":
-        return None
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype if dtype in (torch.bfloat16, torch.float16) and _cpu_lacks_gemm(dtype) else None
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, but half precision on a CPU that lacks half-precision GEMM goes through an fp32 GEMM.
-
-    Without AVX512-BF16/FP16 or AMX, torch multiplies bf16/fp16 matrices with a reference kernel 100-1000x
-    slower than its fp32 GEMM. The product of two bf16 (or fp16) numbers is exact in fp32, so rounding the
-    operands to half precision, multiplying in fp32 and rounding the result once gives what a hardware GEMM
-    with fp32 accumulation gives, up to the order of the sums. Under autocast the operands are rounded the
-    way autocast would round them.
-    """
-    dtype = _slow_half_dtype(x)
-    if dtype is None:
-        return F.linear(x, weight, bias)
-    with torch.autocast("cpu", enabled=False):
-        bias = None if bias is None else bias.to(dtype).float()
-        return F.linear(x.to(dtype).float(), weight.to(dtype).float(), bias).to(dtype)
-
-
-def attention(query, key, value, mask, is_causal: bool, dropout: float) -> torch.Tensor:
-    """SDPA; its CPU kernels use the same slow half-precision GEMM as :func:`linear`, so the same fp32 path.
-    Training on CPU with attention dropout takes :class:`_CPUDropoutAttention` (SDPA's CPU kernel has no
-    dropout and falls back to a path twice as slow)."""
-    if dropout > 0 and query.device.type == "cpu":
-        if is_causal:
-            length = query.shape[-2]
-            mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril_()[None, None]
-        return _CPUDropoutAttention.apply(query, key, value, mask, dropout)
-    dtype = _slow_half_dtype(query)
-    if dtype is None:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
-    with torch.autocast("cpu", enabled=False):
-        query, key, value = (t.to(dtype).float() for t in (query, key, value))
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
-        )
-        return context.to(dtype)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose product takes :func:`linear`'s fast path for half precision on CPU."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Dropout on CPU
-#
-# torch's CPU dropout draws one Bernoulli float per element (~8 ns each here) and SDPA's CPU kernel cannot drop
-# attention probabilities, so training on CPU spent a third of a base-size step on dropout. Here a keep mask
-# costs 16 random bits per element (p is rounded to a multiple of 1/65536: 0.1 drops 0.1000061), and attention
-# with dropout runs a few heads at a time, so that each [Lq, Lk] block stays in cache, recomputing the
-# probabilities in the backward pass instead of storing them (as flash attention does).
-
-
-def _keep_mask(shape, p: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """True with probability ``1 - round(p * 65536) / 65536``, from the default generator unless one is given."""
-    count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: four uniform 16-bit lanes
-    return (words.view(torch.int16)[:count] >= -32768 + round(p * 65536)).view(shape)
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU training path draws a cheap 16-bit keep mask (see above)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        return x * _keep_mask(x.shape, self.p, x.device) * (1.0 / (1.0 - self.p))
-
-
-class _CPUDropoutAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(d) masked) with dropout, times v; a few heads at a time, nothing [Lq, Lk] saved.
-
-    Each chunk's keep mask comes from its own generator seeded from one draw of the default generator, so the
-    backward pass (and activation checkpointing's recomputation) regenerates exactly the same mask.
-    """
-
-    CHUNK_BYTES = 4 << 20  # scores of one chunk: small enough to stay in a core's cache
-
-    @staticmethod
-    def _chunks(query, key):
-        batch, heads, length = query.shape[:3]
-        step = max(1, min(heads, _CPUDropoutAttention.CHUNK_BYTES // (4 * length * key.shape[-2])))
-        return [(b, slice(h, h + step)) for b in range(batch) for h in range(0, heads, step)]
-
-    @staticmethod
-    def _probabilities(query, key, hidden_mask, b, heads):
-        """The chunk's probabilities (fp32 or wider) and its q, k in that dtype."""
-        dtype = torch.promote_types(query.dtype, torch.float32)
-        q, k = query[b, heads].to(dtype), key[b, heads].to(dtype)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(query.shape[-1]))
-        if hidden_mask is not None:
-            scores.masked_fill_(hidden_mask[b if len(hidden_mask) > 1 else 0], float("-inf"))
-        return torch.softmax(scores, dim=-1), q, k
-
-    @staticmethod
-    @torch.autocast("cpu", enabled=False)  # products in fp32 whatever the ambient autocast says
-    def forward(ctx, query, key, value, mask, p):
-        seed = int(torch.randint(0, 2**62, (), device="cpu"))
-        hidden = None if mask is None else ~mask
-        out = query.new_empty(*query.shape[:-1], value.shape[-1])
-        generator = torch.Generator(device=query.device)
-        for i, (b, heads) in enumerate(_CPUDropoutAttention._chunks(query, key)):
-            probs, _, _ = _CPUDropoutAttention._probabilities(query, key, hidden, b, heads)
-            generator.manual_seed(seed + i)
-            probs.mul_(_keep_mask(probs.shape, p, query.device, generator)).mul_(1.0 / (1.0 - p))
-            out[b, heads] = torch.matmul(probs, value[b, heads].to(probs.dtype))
-        ctx.save_for_backward(query, key, value, hidden)
-        ctx.p, ctx.seed = p, seed
-        return out
-
-    @staticmethod
-    @torch.autocast("cpu", enabled=False)
-    def backward(ctx, grad_out):
-        query, key, value, hidden = ctx.saved_tensors
-        p, scale = ctx.p, 1.0 / math.sqrt(query.shape[-1])
-        grads = [torch.empty_like(t) for t in (query, key, value)]
-        generator = torch.Generator(device=query.device)
-        for i, (b, heads) in enumerate(_CPUDropoutAttention._chunks(query, key)):
-            probs, q, k = _CPUDropoutAttention._probabilities(query, key, hidden, b, heads)
-            generator.manual_seed(ctx.seed + i)
-            keep = _keep_mask(probs.shape, p, query.device, generator)
-            g, v = grad_out[b, heads].to(probs.dtype), value[b, heads].to(probs.dtype)
-            grads[2][b, heads] = torch.matmul((probs * keep).mul_(1.0 / (1.0 - p)).transpose(-1, -2), g)
-            grad_probs = torch.matmul(g, v.transpose(-1, -2)).mul_(keep).mul_(1.0 / (1.0 - p))
-            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(scale)
-            grads[0][b, heads] = torch.matmul(grad_scores, k)
-            grads[1][b, heads] = torch.matmul(grad_scores.transpose(-1, -2), q)
-        return *grads, None, None
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Layers
 
 
 class GLMAttention(nn.Module):
-    """Multi-head self-attention with a fused q|k|v projection (contiguous thirds), through SDPA."""
+    """Multi-head self-attention with a fused q|k|v projection (contiguous thirds), through SDPA.
+
+    The number of heads is read off the projection's output: all of them in one process, this rank's under
+    tensor parallelism (whose layout gives each rank its own heads' q|k|v, see :func:`tensor_parallel_layout`),
+    so each rank runs and caches only its heads.
+    """
 
     def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = Linear(config.hidden_size, config.hidden_size)
@@ -276,8 +134,9 @@ class GLMAttention(nn.Module):
         cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
-        qkv = self.query_key_value(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, D]
+        qkv = self.query_key_value(hidden_states)  # [B, L, 3 * heads * D]
+        heads = qkv.shape[-1] // (3 * self.head_dim)
+        query, key, value = qkv.view(batch, length, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         if empty_rows is not None:
@@ -349,6 +208,15 @@ class GLMPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     # Parameters a head adds on top of a pretrained GLM: missing in a language-model checkpoint by design.
     _new_head_keys: tuple[str, ...] = ()
+    tensor_parallel_plan: dict[str, str] = {
+        "*transformer.layers.*.attention.query_key_value": "colwise",
+        "*transformer.layers.*.attention.dense": "rowwise",
+        "*transformer.layers.*.mlp.dense_h_to_4h": "colwise",
+        "*transformer.layers.*.mlp.dense_4h_to_h": "rowwise",
+    }
+    """Module pattern (``*``: anything) -> parallel style. The column-wise ``query_key_value`` gives each rank
+    whole heads once :func:`tensor_parallel_layout` has regrouped its rows; ``dense`` takes the heads' outputs
+    row-wise as the MLP's second matrix takes the first's, so a block communicates twice (an all-reduce each)."""
 
     def _init_weights(self, module: nn.Module):
         """The original's init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
@@ -408,15 +276,17 @@ class GLMModel(GLMPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,  # [B, L]
         position_ids: torch.LongTensor | None = None,  # [B, 2, L] (position, block position) or [B, L]
-        attention_mask: torch.Tensor | int | None = None,  # sep (scalar or [B]) or [B, 1, Lq, Lk] 0/1
+        attention_mask: torch.Tensor | int | None = None,  # [B, 1, Lq, Lk] 0/1, or sep as the released code
         cache: Cache | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,  # deprecated transformers name of `cache`
         return_dict: bool | None = None,
+        sep: torch.Tensor | int | None = None,  # scalar or [B]: keys before sep seen by all, causal after
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        attention_mask = _one_mask(attention_mask, sep)
         if cache is None:
             cache = past_key_values
         if (input_ids is None) == (inputs_embeds is None):
@@ -493,28 +363,11 @@ class GLMModel(GLMPreTrainedModel):
             raise ValueError(f"{what} {bad} is outside the table [0, {limit - 1}] (size {limit})")
 
 
-@dataclass
-class GLMMultipleChoiceOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # [B, C] summed (optionally length-normalised) log-probabilities
-    cache: Cache | None = None
-
-
-class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
-    """GLM with its language-model head (tied to the word embeddings, no bias).
-
-    ``labels`` are aligned with the input positions (the label at position i is what position i predicts),
-    not shifted, with -100 ignored, as in the original.
-    """
-
-    def __init__(self, config: GLMConfig):
-        super().__init__(config)
-        self.glm = GLMModel(config)
-        self._decoding_head = None  # (weight version, [H, V] copy), see `output_logits`
-        self.post_init()
+class TiedOutputHead:
+    """The output layer of the heads that predict tokens: hidden states times the tied word embeddings."""
 
     def output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Hidden states times the tied word embeddings.
+        """Hidden states ``[..., H]`` -> logits ``[..., V]``.
 
         A CPU decoding step (one or two rows, fp32, no gradient) multiplies by a cached ``[H, V]`` copy of the
         embeddings instead: MKL's matrix-vector product reads the row-major ``[V, H]`` table at ~60% of the speed
@@ -528,9 +381,40 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if torch.is_grad_enabled() and (weight.requires_grad or hidden_states.requires_grad):
             return linear(hidden_states, weight)
         version = (weight.data_ptr(), weight._version)
-        if self._decoding_head is None or self._decoding_head[0] != version:
-            self._decoding_head = (version, weight.detach().t().contiguous())
-        return torch.matmul(hidden_states, self._decoding_head[1])
+        cached = getattr(self, "_decoding_head", None)
+        if cached is None or cached[0] != version:
+            cached = self._decoding_head = (version, weight.detach().t().contiguous())
+        return torch.matmul(hidden_states, cached[1])
+
+    def target_log_probs(self, hidden_states: torch.Tensor, targets: torch.Tensor, chunk: int = 1024):
+        """``(log p(target), target is the argmax)`` for each row of ``hidden_states [N, H]``, targets ``[N]``.
+
+        The vocabulary is projected at these rows only, ``chunk`` rows at a time (a ``[chunk, V]`` fp32 block
+        of log-probabilities at most). The scoring primitive of multiple choice, LAMBADA, perplexity and cloze.
+        """
+        log_probs, is_argmax = [], []
+        for first in range(0, max(len(targets), 1), chunk):
+            logits = self.output_logits(hidden_states[first : first + chunk]).float()
+            wanted = targets[first : first + chunk, None]
+            log_probs.append((logits.gather(-1, wanted) - logits.logsumexp(-1, keepdim=True))[:, 0])
+            is_argmax.append(logits.argmax(-1) == wanted[:, 0])
+        return torch.cat(log_probs), torch.cat(is_argmax)
+
+
+class GLMForConditionalGeneration(TiedOutputHead, GLMPreTrainedModel, GenerationMixin):
+    """GLM with its language-model head (tied to the word embeddings, no bias).
+
+    ``labels`` are aligned with the input positions (the label at position i is what position i predicts),
+    not shifted, with -100 ignored, as in the original. ``predict_at`` (bool ``[B, L]``) computes the logits at
+    those positions only, returned flattened ``[N, V]``: blank infilling predicts 15-50% of the positions, and the
+    output layer at every position costs ~17% of a glm-base training step.
+    """
+
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.glm = GLMModel(config)
+        self._decoding_head = None  # (weight version, [H, V] copy), see `output_logits`
+        self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.glm.word_embeddings
@@ -547,6 +431,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        predict_at: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.glm(
@@ -557,10 +442,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.output_logits(outputs.last_hidden_state)  # [B, L, V]
+        hidden = outputs.last_hidden_state  # [B, L, H]
+        if predict_at is not None:
+            hidden = hidden[predict_at.to(hidden.device)]  # [N, H]
+            labels = labels[predict_at] if labels is not None else None
+        logits = self.output_logits(hidden)  # [B, L, V] or [N, V]
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten().to(logits.device), ignore_index=-100)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
@@ -607,7 +496,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return input_ids, model_kwargs
 
 
-class GLMForMultipleChoice(GLMPreTrainedModel):
+@dataclass
+class GLMMultipleChoiceOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # [B, C] summed (optionally length-normalised) log-probabilities
+
+
+class GLMForMultipleChoice(TiedOutputHead, GLMPreTrainedModel):
     """Scores each answer choice by the summed log-probability of its tokens (the cloze formulation).
 
     Two input layouts, both of the original code:
@@ -616,12 +511,15 @@ class GLMForMultipleChoice(GLMPreTrainedModel):
       (the token ids of each choice, padded with -100, and the positions whose logits predict them);
     - one sequence per choice (original SuperGLUE code): ``input_ids [B, C, L]`` with ``target_ids`` and
       ``logit_mask`` ``[B, C, L]`` aligned with the positions.
-    ``length_penalty`` > 0 divides each score by (number of choice tokens) ** length_penalty.
+    Only the scored positions go through the output layer (``target_log_probs``, the primitive that
+    ``torchglm.decoding.score`` uses too). ``length_penalty`` > 0 divides each score by (number of choice
+    tokens) ** length_penalty.
     """
 
     def __init__(self, config: GLMConfig):
         super().__init__(config)
         self.glm = GLMModel(config)
+        self._decoding_head = None
         self.post_init()
 
     def forward(
@@ -638,13 +536,13 @@ class GLMForMultipleChoice(GLMPreTrainedModel):
         **kwargs,
     ) -> GLMMultipleChoiceOutput:
         num_choices = None
+        sep = kwargs.pop("sep", None)
         if input_ids.dim() == 3:  # one sequence per choice: fold choices into the batch
             batch, num_choices, length = input_ids.shape
             input_ids = input_ids.reshape(-1, length)
             if position_ids is not None:
                 position_ids = position_ids.reshape(batch * num_choices, *position_ids.shape[2:])
-            if torch.is_tensor(attention_mask) and attention_mask.dim() >= 2:
-                attention_mask = attention_mask.reshape(batch * num_choices, *attention_mask.shape[2:])
+            attention_mask, sep = (_fold_choices(m, batch * num_choices) for m in (attention_mask, sep))
         if target_ids is not None:
             target_ids = target_ids.reshape(input_ids.shape)
             keep = logit_mask.reshape(input_ids.shape) != 0 if logit_mask is not None else target_ids >= 0
@@ -655,19 +553,26 @@ class GLMForMultipleChoice(GLMPreTrainedModel):
         choice_ids, choice_indices = _pad_choices(choice_ids, -100), _pad_choices(choice_indices, 0)
         choice_ids, choice_indices = choice_ids.to(input_ids.device), choice_indices.to(input_ids.device)
 
-        hidden = self.glm(input_ids, position_ids, attention_mask, use_cache=False, **kwargs).last_hidden_state
-        n, c, t = choice_indices.shape
-        picked = hidden.gather(1, choice_indices.reshape(n, c * t, 1).expand(-1, -1, hidden.shape[-1]))
-        log_probs = F.log_softmax(linear(picked, self.glm.word_embeddings.weight).float(), dim=-1)  # [N, C*T, V]
-        valid = choice_ids >= 0
-        token_scores = log_probs.gather(-1, choice_ids.clamp(min=0).reshape(n, c * t, 1)).reshape(n, c, t)
-        scores = (token_scores * valid).sum(-1)  # [N, C]
+        hidden = self.glm(input_ids, position_ids, attention_mask, sep=sep, use_cache=False, **kwargs)
+        hidden = hidden.last_hidden_state  # [N, L, H]
+        scored = choice_ids >= 0  # [N, C, T]
+        rows = torch.arange(len(hidden), device=hidden.device)[:, None, None].expand_as(scored)
+        token_scores, _ = self.target_log_probs(hidden[rows[scored], choice_indices[scored]], choice_ids[scored])
+        scores = torch.zeros(scored.shape, dtype=token_scores.dtype, device=hidden.device)
+        scores = scores.masked_scatter(scored, token_scores).sum(-1)  # [N, C]
         if length_penalty > 0:
-            scores = scores / valid.sum(-1).clamp(min=1) ** length_penalty
+            scores = scores / scored.sum(-1).clamp(min=1) ** length_penalty
         if num_choices is not None:
             scores = scores.reshape(-1, num_choices)
         loss = F.cross_entropy(scores, labels.to(scores.device)) if labels is not None else None
         return GLMMultipleChoiceOutput(loss=loss, logits=scores)
+
+
+def _fold_choices(mask, rows: int):
+    """A per-choice mask or sep ``[B, C, ...]`` as ``[B * C, ...]`` (scalars and None pass)."""
+    if torch.is_tensor(mask) and mask.dim() >= 2:
+        return mask.reshape(rows, *mask.shape[2:])
+    return mask
 
 
 def _pad_choices(values, pad_value: int) -> torch.Tensor:
@@ -713,19 +618,19 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         num_choices = None
+        attention_mask = _one_mask(attention_mask, kwargs.pop("sep", None))
         if input_ids.dim() == 3:  # [B, C, L]: one sequence per choice, one score each
             num_choices = input_ids.shape[1]
             input_ids = input_ids.flatten(0, 1)
             if position_ids is not None:
                 position_ids = position_ids.flatten(0, 1)
-            if torch.is_tensor(attention_mask) and attention_mask.dim() >= 2:
-                attention_mask = attention_mask.flatten(0, 1)
+            attention_mask = _fold_choices(attention_mask, input_ids.shape[0])
         hidden = self.glm(input_ids, position_ids, attention_mask, use_cache=False, **kwargs).last_hidden_state
         if self.config.pool_token == "cls":
             pooled = hidden[:, 0]
         else:
             if not torch.is_tensor(attention_mask) or attention_mask.dim() > 1:
-                raise ValueError(f"pool_token={self.config.pool_token!r} needs attention_mask given as sep")
+                raise ValueError(f"pool_token={self.config.pool_token!r} needs sep (or attention_mask given as sep)")
             index = attention_mask.expand(hidden.shape[0]) - (1 if self.config.pool_token == "pad" else 0)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
         logits = self.out_proj(self.dropout(torch.tanh(self.dense(pooled))))
@@ -735,3 +640,46 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensor parallelism and FLOPs: pure functions for the recipes (no distributed code here)
+
+
+def tensor_parallel_layout(state_dict: dict, num_heads: int, tp_size: int, inverse: bool = False) -> dict:
+    """The ``query_key_value`` rows regrouped for ``tp_size`` ranks, or back (``inverse``); other tensors as given.
+
+    The released fused projection holds q, k and v as contiguous thirds (``q | k | v``, heads in order inside
+    each). A column-wise split of that would give rank 0 all of q; regrouped as ``q_0 k_0 v_0 | q_1 k_1 v_1 |
+    ...`` (``q_r``: the queries of rank r's ``num_heads / tp_size`` heads), the contiguous split gives every rank
+    the q, k and v of its own heads, so attention runs and caches per rank. Checkpoints of a tensor-parallel run
+    hold this layout; exports go back to the released one.
+    """
+    if num_heads % tp_size:
+        raise ValueError(f"{num_heads} attention heads do not split over tensor-parallel size {tp_size}")
+    out = dict(state_dict)
+    for name, tensor in state_dict.items():
+        if not name.endswith(("attention.query_key_value.weight", "attention.query_key_value.bias")):
+            continue
+        rest = tensor.shape[1:]
+        groups = (tp_size, 3) if inverse else (3, tp_size)
+        grouped = tensor.reshape(*groups, tensor.shape[0] // (3 * tp_size), *rest).transpose(0, 1)
+        out[name] = grouped.reshape(tensor.shape).contiguous()
+    return out
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Model FLOPs of one training token (forward + backward), split where the work is."""
+
+    per_token: float
+    """Every token: the blocks' matrices (``6 N``) and the attention products (``12 L H S``, full S x S)."""
+    per_prediction: float
+    """Every predicted token: the tied output layer (``6 V H``), which runs only where there is a target."""
+
+
+def training_flops(config: GLMConfig, seq_length: int) -> FlopCount:
+    """The FLOP formula for MFU: tokens x ``per_token`` + predicted tokens x ``per_prediction``."""
+    h, layers = config.hidden_size, config.num_layers
+    block_weights = layers * (4 * h * h + 2 * h * config.intermediate_size)  # q|k|v + dense + two MLP matrices
+    return FlopCount(6.0 * block_weights + 12.0 * layers * h * seq_length, 6.0 * config.vocab_size * h)

@@ -85,7 +85,7 @@ def test_token_layout_known_spans():
     assert out["position_ids"][0, 0].tolist() == [0, 1, 2, 3, 4, 5, 2, 2, 2, 4, 4]
     assert out["position_ids"][0, 1].tolist() == [0] * 6 + [1, 2, 3, 1, 2]
     assert out["sep"].tolist() == [6]
-    assert out["task"].tolist() == [TOKEN]
+    assert out["blank_mode"].tolist() == [TOKEN]
 
 
 def test_shuffled_blocks_keep_their_positions():
@@ -206,8 +206,8 @@ def test_masked_and_causal_baselines():
     assert out["sep"].tolist() == [0]
     rng = np.random.default_rng(0)
     texts = [random_text(rng, 100) for _ in range(4)]
-    assert (builder(objective="mlm").build(texts, 0)["task"] == MLM).all()
-    assert (builder(objective="clm").build(texts, 0)["task"] == CLM).all()
+    assert (builder(objective="mlm").build(texts, 0)["blank_mode"] == MLM).all()
+    assert (builder(objective="clm").build(texts, 0)["blank_mode"] == CLM).all()
 
 
 # ---------------------------------------------------------------------------- distributions
@@ -227,7 +227,7 @@ def test_token_mode_fraction_span_lengths_and_targets():
 
     lengths, fractions = [], []
     for texts, out in collect(b, texts_fn, 40):
-        assert (out["task"] == TOKEN).all()
+        assert (out["blank_mode"] == TOKEN).all()
         for row, text in enumerate(texts):
             assert fill_blanks(out, row) == text.tolist()  # every part-B target is the original token
             sep = out["sep"][row]
@@ -273,7 +273,7 @@ def test_sentence_mode_coverage():
         return [random_text(rng, 512, sentence_every=int(rng.integers(5, 30)), docs=2) for _ in range(size)]
 
     for texts, out in collect(b, texts_fn, 10):
-        assert (out["task"] == SENTENCE).all()
+        assert (out["blank_mode"] == SENTENCE).all()
         for row, text in enumerate(texts):
             assert fill_blanks(out, row) == text.tolist()
             sep = out["sep"][row]
@@ -295,7 +295,7 @@ def test_document_mode_ratio_and_suffix():
 
     ratios, suffixes = [], 0
     for texts, out in collect(b, texts_fn, 30, batch_size=8):
-        assert (out["task"] == DOCUMENT).all()
+        assert (out["blank_mode"] == DOCUMENT).all()
         for row, text in enumerate(texts):
             sep = out["sep"][row]
             part_a = out["input_ids"][row, :sep]
@@ -323,14 +323,14 @@ def test_multitask_mix_per_batch_and_determinism():
     texts = [random_text(rng, 256, sentence_every=12) for _ in range(4)]
     tasks = []
     for seed in range(300):
-        task, split, single = b.choose_task(np.random.default_rng((7, seed)))
+        task, split, single = b.choose_mode(np.random.default_rng((7, seed)))
         tasks.append(task)
         assert not split and not single
     freq = np.bincount(tasks, minlength=3) / len(tasks)
     assert abs(freq[TOKEN] - 0.5) < 0.08 and abs(freq[SENTENCE] - 0.3) < 0.08 and abs(freq[DOCUMENT] - 0.2) < 0.08
     first, again = b.build(texts, (1, 2)), b.build(texts, (1, 2))
     assert all(np.array_equal(first[k], again[k]) for k in first)
-    assert len(set(first["task"].tolist())) == 1  # one objective per batch
+    assert len(set(first["blank_mode"].tolist())) == 1  # one objective per batch
     other = b.build(texts, (1, 3))
     assert any(first[k].shape != other[k].shape or not np.array_equal(first[k], other[k]) for k in first)
 
@@ -340,7 +340,7 @@ def test_single_span_and_short_sequences():
     rng = np.random.default_rng(0)
     texts = [random_text(rng, 200) for _ in range(8)]
     out = b.build(texts, 0)
-    assert (out["task"] == TOKEN).all()
+    assert (out["blank_mode"] == TOKEN).all()
     assert ((out["input_ids"] == M).sum(axis=1) == 1).all()
 
     b = builder(short_seq_prob=1.0, seq_length=200, bert_prob=1.0, gap_sentence_prob=0.0)

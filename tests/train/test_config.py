@@ -88,13 +88,41 @@ def test_wrong_types_and_values_are_errors():
         job_config_from_dict({"optim": {"betas": 0.9}})
     with pytest.raises(ConfigError, match="train.precision must be one of"):
         job_config_from_dict({"train": {"precision": "fp16"}})
-    with pytest.raises(ConfigError, match="train.steps must be positive"):
+    with pytest.raises(ConfigError, match="train.steps must be > 0, got 0"):
         job_config_from_dict({"train": {"steps": 0}})
     with pytest.raises(ConfigError, match=r"global_batch_size \(10\) is not a multiple of train.micro_batch_size"):
         job_config_from_dict({"train": {"global_batch_size": 10, "micro_batch_size": 4}})
     with pytest.raises(ConfigError, match="tp_size > 1 needs parallel.engine: fsdp"):
         job_config_from_dict({"parallel": {"engine": "deepspeed", "tp_size": 2}})
     assert job_config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0  # an int is a fine float
+    assert isinstance(job_config_from_dict({"optim": {"lr": 1}}).optim.lr, float)
+
+
+def test_constraints_in_the_types_name_field_value_and_bound():
+    with pytest.raises(ConfigError, match=r"^parallel.tp_size must be > 0, got 0$"):
+        job_config_from_dict({"parallel": {"tp_size": 0}})
+    with pytest.raises(ConfigError, match=r"^schedule.warmup_steps must be >= 0, got -1$"):
+        job_config_from_dict({"schedule": {"warmup_steps": -1}})
+    with pytest.raises(ConfigError, match=r"^schedule.min_lr_ratio must be <= 1, got 1.5$"):
+        job_config_from_dict({"schedule": {"min_lr_ratio": 1.5}})
+    with pytest.raises(ConfigError, match=r"^parallel.zero_stage must be one of \[2, 3\], got 1$"):
+        job_config_from_dict({"parallel": {"zero_stage": 1}})
+    with pytest.raises(ConfigError, match=r"^train.precision must be one of \['fp32', 'bf16'\], got 'fp16'$"):
+        job_config_from_dict({"train": {"precision": "fp16"}})
+    with pytest.raises(ConfigError, match=r"optim.betas\[1\] must be float, got 'x'"):
+        job_config_from_dict({"optim": {"betas": [0.9, "x"]}})
+    with pytest.raises(ConfigError, match=r"train.steps must be int, got '10'"):  # strict: no str -> int
+        job_config_from_dict({"train": {"steps": "10"}})
+    with pytest.raises(ConfigError, match="optim must be a mapping, got 3"):
+        job_config_from_dict({"optim": 3})
+    # every problem at once, one line each
+    with pytest.raises(ConfigError) as error:
+        job_config_from_dict({"optim": {"lr": 0, "eps": -1.0}, "data": {"num_workers": -1}})
+    assert str(error.value).splitlines() == [
+        "data.num_workers must be >= 0, got -1",
+        "optim.lr must be > 0, got 0",
+        "optim.eps must be > 0, got -1.0",
+    ]
 
 
 def test_overrides(tmp_path):

@@ -13,6 +13,7 @@ from torchglm.train.config import job_config_from_dict
 from torchglm.train.logging import MetricLogger
 from torchglm.train.optim import build_optimizer, build_scheduler
 from torchglm.train.parallel import World
+from torchglm.train.recipe import trainer_config
 from torchglm.train.trainer import LossSums, NonFiniteError, Trainer
 
 
@@ -55,7 +56,7 @@ class SquaredError:
         return LossSums(total=errors.sum(), count=errors.numel(), tokens=errors.numel(), parts=parts)
 
 
-def make_trainer(tmp_path, micro: int, poison=frozenset(), max_nonfinite=3, steps=6):
+def make_trainer(tmp_path, micro: int, poison=frozenset(), max_nonfinite=3, steps=6, **extra):
     job = job_config_from_dict(
         {
             "train": {"output_dir": str(tmp_path), "steps": steps, "global_batch_size": 8, "micro_batch_size": micro,
@@ -63,6 +64,7 @@ def make_trainer(tmp_path, micro: int, poison=frozenset(), max_nonfinite=3, step
             "optim": {"lr": 1e-2, "weight_decay": 0.0},
             "schedule": {"warmup_steps": 0, "decay_style": "constant"},
             "logging": {"interval": 1, "progress_bar": False, "tensorboard": False},
+            **extra,
         }
     )  # fmt: skip
     torch.manual_seed(0)
@@ -72,8 +74,9 @@ def make_trainer(tmp_path, micro: int, poison=frozenset(), max_nonfinite=3, step
     metrics = MetricLogger(tmp_path, job.train.steps, True, progress_bar=False, tensorboard=False)
     data = Batches(micro, poison)
     trainer = Trainer(
-        job, World(), model, optimizer, scheduler, SquaredError(), data, None, metrics, accumulation=8 // micro
-    )
+        trainer_config(job), World(), model, optimizer, scheduler, SquaredError(), data, None, metrics,
+        accumulation=8 // micro,
+    )  # fmt: skip
     return trainer, metrics
 
 
@@ -110,6 +113,49 @@ def test_parts_and_record_fields(tmp_path):
     assert first["loss"] == pytest.approx((first["loss/even"] + first["loss/odd"]) / 2, rel=1e-6)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert {"lr", "grad_norm", "tokens", "tokens_per_s", "skipped_steps", "tokens_seen"} <= set(first)
+    assert [r["lr"] for r in rows] == [1e-2] * 6  # constant schedule
+    assert [r["tokens"] for r in rows] == [8] * 6 and [r["tokens_seen"] for r in rows] == [8, 16, 24, 32, 40, 48]
+    # the first step's gradient norm is that of the mean squared error at the initial weights
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    batch = _merge([Batches(4).batch(0), Batches(4).batch(1)])
+    (model(batch["x"]) - batch["y"]).pow(2).mean().backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert first["grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_validate_reports_the_eval_loss_and_the_recipe_metrics(tmp_path):
+    """Evaluation before the first step, every eval_interval steps and at the end: the held-out mean loss and
+    whatever the metrics callback returns, computed on the model as it is then."""
+    trainer, metrics = make_trainer(
+        tmp_path,
+        micro=4,
+        steps=4,
+        train={
+            "output_dir": str(tmp_path),
+            "steps": 4,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "eval_interval": 2,
+        },
+    )
+    held_out = [Batches(4).batch(1000 + i) for i in range(2)]
+    trainer.eval_data = lambda: iter(held_out)
+    seen_modes = []
+
+    def metric(model):
+        seen_modes.append(model.training)
+        return {"weight_sum": float(model.weight.sum())}
+
+    trainer.eval_metrics = metric
+    with metrics:
+        trainer.train()
+    evals = [r for r in records(tmp_path) if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and seen_modes == [False] * 3
+    assert evals[-1]["eval/weight_sum"] == pytest.approx(float(trainer.model.weight.detach().sum()), rel=1e-6)
+    with torch.no_grad():
+        expected = sum(float((trainer.model(b["x"]) - b["y"]).pow(2).sum()) for b in held_out) / 8
+    assert evals[-1]["eval/loss"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):

@@ -22,7 +22,6 @@ per-sample loop except in the rare ``short_seq_prob`` split and the ``context_ma
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ import numpy as np
 
 from .special import SpecialIds
 
-TASK_NAMES = ("token", "sentence", "document", "mlm", "clm")
-"""Names of the ``task`` codes a batch carries (one per sample), for per-objective loss logging."""
+BLANK_MODES = ("token", "sentence", "document", "mlm", "clm")
+"""Names of the ``blank_mode`` codes a batch carries (one per sample), for the per-mode losses in the logs."""
 TOKEN, SENTENCE, DOCUMENT, MLM, CLM = range(5)
 
 _HUGE = 1 << 40  # larger than any cumulative span length; marks "no such span"
@@ -198,14 +197,15 @@ def _exclusive_segment_cumsum(values: np.ndarray, group_sizes: np.ndarray) -> np
 
 
 class BlankInfillingBuilder:
-    """Turns a batch of packed texts into a GLM batch (``input_ids``, ``position_ids``, ``sep``, ``labels``, ``task``).
+    """Turns a batch of packed texts into a GLM batch (``input_ids``, ``position_ids``, ``sep``, ``labels``,
+    ``blank_mode``).
 
     Example::
 
         builder = BlankInfillingBuilder(BlankConfig(), SpecialIds.bert_uncased(), sentence_ends)
         batch = builder.build([np.array([101, 7592, 1012, 0])], seed=(1234, 0))   # dict of numpy arrays
 
-    ``build`` is a pure function of its texts and seed. ``stats`` counts what happened (samples per task,
+    ``build`` is a pure function of its texts and seed. ``stats`` counts what happened (samples per mode,
     spans, spans that did not fit in their text, samples left without any blank), so that nothing is dropped
     silently.
     """
@@ -233,7 +233,7 @@ class BlankInfillingBuilder:
         self.stats: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ batch-level choices
-    def choose_task(self, rng: np.random.Generator) -> tuple[int, bool, bool]:
+    def choose_mode(self, rng: np.random.Generator) -> tuple[int, bool, bool]:
         """The batch's objective, whether it is split into short samples, and whether it has one span per sample."""
         cfg = self.config
         split = bool(rng.random() < cfg.short_seq_prob)
@@ -260,27 +260,27 @@ class BlankInfillingBuilder:
 
     def _build(self, texts: list[np.ndarray] | None, padded: tuple | None, seed) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
-        task, split, single = self.choose_task(rng)
+        mode, split, single = self.choose_mode(rng)
         if split:
             if texts is None:
                 texts = [row[:n] for row, n in zip(padded[0], padded[1].tolist(), strict=True)]
             texts, padded = self.split_short(texts, rng), None
         tokens, lengths = pad_texts(texts, self.ids.pad) if padded is None else padded
-        self.stats[f"samples/{TASK_NAMES[task]}"] += len(lengths)
-        if task == CLM:
+        self.stats[f"samples/{BLANK_MODES[mode]}"] += len(lengths)
+        if mode == CLM:
             return self.build_causal(tokens, lengths)
-        if task in (TOKEN, MLM):
+        if mode in (TOKEN, MLM):
             spans = self.token_spans(tokens, lengths, rng, single)
-        elif task == SENTENCE:
+        elif mode == SENTENCE:
             spans = self.sentence_spans(tokens, lengths, rng)
         else:
             spans = self.document_spans(tokens, lengths, rng)
         counts = np.bincount(spans.row, minlength=len(lengths))
         self.stats["spans"] += len(spans.row)
         self.stats["samples_without_blanks"] += int((counts == 0).sum())
-        if task == MLM:
+        if mode == MLM:
             return self.build_masked(tokens, lengths, spans)
-        return self.build_blocks(tokens, lengths, spans, task, rng)
+        return self.build_blocks(tokens, lengths, spans, mode, rng)
 
     # ------------------------------------------------------------------ span choice
     def draw_span_lengths(self, rng: np.random.Generator, shape) -> np.ndarray:
@@ -471,7 +471,7 @@ class BlankInfillingBuilder:
         tokens: np.ndarray,
         lengths: np.ndarray,
         spans: _Spans,
-        task: int,
+        mode: int,
         rng: np.random.Generator,
     ) -> dict[str, np.ndarray]:
         """Part A (the text, each span replaced by one blank) then part B (the spans, in shuffled order).
@@ -511,9 +511,9 @@ class BlankInfillingBuilder:
         rank[order] = np.arange(n_spans) - (per_row.cumsum() - per_row).repeat(per_row)
 
         # Blank tokens in part A.
-        if task == SENTENCE:
+        if mode == SENTENCE:
             blank = ids.smask if cfg.task_mask else ids.mask
-        elif task == DOCUMENT:
+        elif mode == DOCUMENT:
             blank = ids.gmask if cfg.task_mask else ids.mask
         elif cfg.sentinel_token:
             blank = self._sentinel(self._sentinel_masks, rank)
@@ -539,19 +539,19 @@ class BlankInfillingBuilder:
         b_pos = (blank_at[order] if shift is None else blank_at[order] + shift[o_row])[elem]
         if cfg.sentinel_token:
             b_pos = b_pos + o_eop[elem]  # original: part B sits at the position after the span
-        if task == TOKEN and cfg.block_mask_prob > 0:
+        if mode == TOKEN and cfg.block_mask_prob > 0:
             hide = (j > 0) & (rng.random(len(elem)) < cfg.block_mask_prob)
             b_input = np.where(hide, ids.dblock, b_input)
         b_label = np.where(b_target == ids.cls, -100, b_target)
         b_col = o_offset[elem] + j
         part_b = np.bincount(o_row, weights=o_size, minlength=batch).astype(np.int64)
-        task_ids = np.full(batch, task, dtype=np.int64)
+        modes = np.full(batch, mode, dtype=np.int64)
 
         part_a = (a_tokens, sep, spans.row, blank_at, blank, shift)
         if cfg.encoder_decoder:
             input_ids, position_ids = self._part_a(*part_a, int(sep.max(initial=0)))
             decoder = self._decoder(batch, e_row, b_col, b_input, b_label, b_pos, j, int(part_b.max(initial=0)))
-            return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, **decoder, "task": task_ids}
+            return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, **decoder, "blank_mode": modes}
 
         out_len = int((sep + part_b).max(initial=0))
         input_ids, position_ids = self._part_a(*part_a, out_len)
@@ -562,10 +562,10 @@ class BlankInfillingBuilder:
         dest = e_row * (2 * out_len) + b_dest
         position_ids.ravel()[dest] = b_pos
         position_ids.ravel()[dest + out_len] = j + 1
-        if task == TOKEN and cfg.context_mask_ratio > 0:
+        if mode == TOKEN and cfg.context_mask_ratio > 0:
             self._mask_context(input_ids, sep, lengths, rng)
         self.stats["target_tokens"] += int(np.count_nonzero(b_label != -100))
-        return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, "labels": labels, "task": task_ids}
+        return {"input_ids": input_ids, "position_ids": position_ids, "sep": sep, "labels": labels, "blank_mode": modes}
 
     def _part_a(self, a_tokens, sep, span_row, blank_at, blank, shift, out_len: int) -> tuple[np.ndarray, np.ndarray]:
         """``input_ids`` and ``position_ids`` (``[B, out_len]``, ``[B, 2, out_len]``) holding part A: the kept
@@ -636,7 +636,7 @@ class BlankInfillingBuilder:
             "position_ids": position_ids,
             "sep": lengths.astype(np.int64),
             "labels": labels,
-            "task": np.full(batch, MLM, dtype=np.int64),
+            "blank_mode": np.full(batch, MLM, dtype=np.int64),
         }
 
     def build_causal(self, tokens: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
@@ -655,10 +655,5 @@ class BlankInfillingBuilder:
             "position_ids": position_ids,
             "sep": np.zeros(batch, dtype=np.int64),
             "labels": labels,
-            "task": np.full(batch, CLM, dtype=np.int64),
+            "blank_mode": np.full(batch, CLM, dtype=np.int64),
         }
-
-
-def replace_config(config: BlankConfig, **changes) -> BlankConfig:
-    """``dataclasses.replace`` for configs (re-validates)."""
-    return dataclasses.replace(config, **changes)

@@ -301,7 +301,7 @@ class PretrainBatches(torch.utils.data.IterableDataset):
 
         stream = PretrainBatches(dataset, builder, batch_size=8, rank=rank, world_size=world)
         stream.load_state_dict(checkpoint["data"])      # resume: same samples as an uninterrupted run
-        for batch in stream.loader(num_workers=2):      # input_ids, position_ids, sep, labels, task
+        for batch in stream.loader(num_workers=2):      # input_ids, position_ids, sep, labels, blank_mode
             ...
             checkpoint["data"] = stream.state_dict()
 

@@ -5,7 +5,12 @@ A config file mirrors :class:`JobConfig`: top-level sections ``model``, ``data``
 overrides are ``--section.field VALUE`` (``VALUE`` is read as YAML: ``1e-4``, ``true``, ``[0.9, 0.95]``, ``null``);
 the two free-form mappings take one key more: ``--model.overrides.hidden_size 128`` (a ``GLMConfig`` field) and
 ``--data.blanks.bert_prob 0.5`` (a ``BlankConfig`` field). An unknown section, field or key is an error that
-names it, whether it comes from the file or the command line; so is a value of the wrong type.
+names it, whether it comes from the file or the command line; so is a value of the wrong type or out of range.
+
+Why pydantic, not jsonargparse: the command line stays plain argparse (one module per command); what we want
+from a library is the validation of nested dataclass sections read from YAML, with a structured location for each
+error. Pydantic does that, with strict types (no ``"10"`` -> 10, no ``True`` -> 1; an int is a fine float),
+``Literal`` choices, ``Field`` bounds and attribute docstrings as field descriptions (the ``--help`` text).
 
 Example::
 
@@ -16,30 +21,61 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run: unknown key, wrong type, inconsistent values."""
 
 
-@dataclass
+_STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, validate_assignment=False)
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+def _names(cls: type) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def _free_mapping_fields() -> dict[str, list[str]]:
+    """The keys allowed inside the two free-form mappings (``model.overrides``, ``data.blanks``)."""
+    from torchglm.config import GLMConfig
+    from torchglm.data import BlankConfig
+
+    return {"model.overrides": _names(GLMConfig), "data.blanks": _names(BlankConfig)}
+
+
+def _keys_of(where: str) -> AfterValidator:
+    """A free-form mapping whose keys must be fields of the dataclass behind ``where``."""
+
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key not in _free_mapping_fields()[where]:
+                raise PydanticCustomError("unknown_key", "unknown key {key!r}", {"key": key, "where": where})
+        return value
+
+    return AfterValidator(check)
+
+
+@dataclass(config=_STRICT)
 class ModelConfig:
     preset: str = "tiny"
     """A GLM preset (``torchglm.config.PRESETS``): base, large, large-chinese, roberta-large, 410m, 515m, 2b, 10b."""
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: Annotated[dict[str, Any], _keys_of("model.overrides")] = field(default_factory=dict)
     """``GLMConfig`` fields replacing the preset's (e.g. ``{output_dropout_prob: 0.0}``)."""
     init_from: str | None = None
     """A ``from_pretrained`` folder to continue pretraining from; null trains from a random initialisation."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class DataConfig:
     path: str = ""
     """Token-shards folder written by ``torchglm prepare-data`` (training samples)."""
@@ -47,85 +83,85 @@ class DataConfig:
     """Held-out token-shards folder for the periodic evaluation loss; null skips evaluation."""
     objective: str = "glm-large"
     """A blank-infilling preset (``torchglm.data.BLANK_PRESETS``) that ``blanks`` refines."""
-    blanks: dict[str, Any] = field(default_factory=dict)
+    blanks: Annotated[dict[str, Any], _keys_of("data.blanks")] = field(default_factory=dict)
     """``BlankConfig`` fields over the preset: ``seq_length``, ``bert_prob``, ``gap_sentence_prob``, ..."""
-    num_workers: int = 1
+    num_workers: NonNegative = 1
     """Processes building batches beside each training process (0 builds them in the training process)."""
     pad_to_multiple_of: int | None = None
     """Pad every batch's length to a multiple of this (fewer distinct shapes); null pads to the longest sample."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class TrainConfig:
     output_dir: str = "runs/pretrain"
     """Run folder: checkpoints/, log.jsonl, tensorboard/, config.yaml and the final export (final/)."""
-    steps: int = 1000
+    steps: Positive = 1000
     """Optimizer steps to train for."""
-    global_batch_size: int = 32
+    global_batch_size: Positive = 32
     """Samples per optimizer step, over all data-parallel ranks and accumulation steps together."""
-    micro_batch_size: int = 8
+    micro_batch_size: Positive = 8
     """Samples per forward/backward on one rank; accumulation = global / (micro * data-parallel size)."""
     seed: int = 1234
     """Seed of the initialisation, of dropout and of the data sampling."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' (cuda when available, else cpu), 'cpu' or 'cuda'."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     """'fp32' or 'bf16' (bf16 compute with fp32 master weights and fp32 gradient reduction)."""
-    eval_interval: int = 0
+    eval_interval: NonNegative = 0
     """Evaluate every this many steps (and after the last one); 0 turns evaluation off."""
-    eval_batches: int = 10
+    eval_batches: Positive = 10
     """Micro-batches per rank in each evaluation (always the same held-out samples)."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: Positive = 5
     """A step with a non-finite loss or gradient norm is skipped; this many in a row aborts the run."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class OptimConfig:
-    lr: float = 1e-4
+    lr: Annotated[float, Field(gt=0)] = 1e-4
     """Peak learning rate (reached at the end of the warmup)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     """AdamW (beta1, beta2)."""
-    eps: float = 1e-6
+    eps: Annotated[float, Field(gt=0)] = 1e-6
     """AdamW epsilon."""
-    weight_decay: float = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
     """Decoupled weight decay; never applied to LayerNorm parameters or biases."""
-    clip_grad: float = 1.0
+    clip_grad: Annotated[float, Field(ge=0)] = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class ScheduleConfig:
-    warmup_steps: int = 0
+    warmup_steps: NonNegative = 0
     """Linear warmup from 0 to the peak learning rate over this many steps."""
-    decay_style: str = "cosine"
+    decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """'cosine', 'linear' or 'constant' decay after the warmup."""
-    decay_steps: int | None = None
+    decay_steps: NonNegative | None = None
     """Step at which the decay reaches ``min_lr_ratio`` (null: ``train.steps``); constant after it."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Final learning rate as a fraction of the peak."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class ParallelConfig:
-    engine: str = "fsdp"
+    engine: Literal["fsdp", "deepspeed"] = "fsdp"
     """'fsdp' (PyTorch FSDP2 + optional DTensor tensor parallelism) or 'deepspeed' (ZeRO, needs ``deepspeed``)."""
-    tp_size: int = 1
+    tp_size: Positive = 1
     """Tensor-parallel degree (fsdp engine); the data-parallel size is world size / tp_size."""
     activation_checkpointing: bool = False
     """Recompute each transformer block's activations in the backward pass (less memory, ~1/3 more compute)."""
     reshard_after_forward: bool = True
     """FSDP2: free the gathered parameters after the forward (ZeRO-3 memory); false keeps them (ZeRO-2 like)."""
-    zero_stage: int = 2
+    zero_stage: Literal[2, 3] = 2
     """DeepSpeed ZeRO stage (2 or 3) when ``engine: deepspeed``."""
-    backend: str = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend: 'auto' (nccl on GPU, gloo on CPU), 'nccl' or 'gloo'."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class CheckpointConfig:
-    interval: int = 1000
+    interval: NonNegative = 1000
     """Save every this many steps (and after the last one); 0 saves only at the end."""
-    keep_last: int = 3
+    keep_last: Positive = 3
     """Complete checkpoints kept; older ones are deleted after each successful save."""
     resume: str | None = None
     """null (start fresh), 'latest' (the newest complete checkpoint of this run, if any) or a checkpoint folder."""
@@ -133,9 +169,9 @@ class CheckpointConfig:
     """Export the final model with ``save_pretrained`` to ``output_dir/final`` (loads with ``from_pretrained``)."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class LoggingConfig:
-    interval: int = 10
+    interval: Positive = 10
     """Write a log record every this many steps (the first and the last step are always logged)."""
     progress_bar: bool = True
     """tqdm progress bar on the terminal (rank 0)."""
@@ -145,7 +181,7 @@ class LoggingConfig:
     """Peak TFLOP/s of one device for the MFU estimate; null measures a large matmul at start-up."""
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -156,57 +192,28 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _section_from_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """Strict mode takes a section only as its dataclass: build it from a mapping (null: the defaults)."""
+        if value is None or isinstance(value, dict):
+            return SECTIONS[info.field_name](**{str(k): v for k, v in (value or {}).items()})
+        return value
+
     def __post_init__(self):
         self.check()
 
     def check(self) -> None:
-        """Values that are wrong whatever the machine; world-size checks are in :func:`check_world`."""
-        t, o, s, p, c = self.train, self.optim, self.schedule, self.parallel, self.checkpoint
-        positive = {
-            "train.steps": t.steps,
-            "train.global_batch_size": t.global_batch_size,
-            "train.micro_batch_size": t.micro_batch_size,
-            "train.eval_batches": t.eval_batches,
-            "train.max_nonfinite_steps": t.max_nonfinite_steps,
-            "parallel.tp_size": p.tp_size,
-            "checkpoint.keep_last": c.keep_last,
-            "logging.interval": self.logging.interval,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        for name, value in {
-            "train.eval_interval": t.eval_interval,
-            "checkpoint.interval": c.interval,
-            "schedule.warmup_steps": s.warmup_steps,
-        }.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-        choices = {
-            "train.device": (t.device, ("auto", "cpu", "cuda")),
-            "train.precision": (t.precision, ("fp32", "bf16")),
-            "schedule.decay_style": (s.decay_style, ("cosine", "linear", "constant")),
-            "parallel.engine": (p.engine, ("fsdp", "deepspeed")),
-            "parallel.backend": (p.backend, ("auto", "nccl", "gloo")),
-            "parallel.zero_stage": (p.zero_stage, (2, 3)),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        """Rules across fields (the types hold the rest); world-size checks are in :func:`check_world`."""
+        t, o = self.train, self.optim
         if t.global_batch_size % t.micro_batch_size:
             raise ConfigError(
                 f"train.global_batch_size ({t.global_batch_size}) is not a multiple of "
                 f"train.micro_batch_size ({t.micro_batch_size})"
             )
-        if o.lr <= 0 or o.eps <= 0 or o.weight_decay < 0 or o.clip_grad < 0:
-            raise ConfigError("optim: lr and eps must be positive, weight_decay and clip_grad >= 0")
         if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
-        if not 0.0 <= s.min_lr_ratio <= 1.0:
-            raise ConfigError(f"schedule.min_lr_ratio must be in [0, 1], got {s.min_lr_ratio}")
-        if s.decay_steps is not None and s.decay_steps < 0:
-            raise ConfigError(f"schedule.decay_steps must be >= 0, got {s.decay_steps}")
-        if p.engine == "deepspeed" and p.tp_size != 1:
+        if self.parallel.engine == "deepspeed" and self.parallel.tp_size != 1:
             raise ConfigError("parallel.tp_size > 1 needs parallel.engine: fsdp (DeepSpeed ZeRO is data-parallel only)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,21 +244,14 @@ def check_world(job: JobConfig, world_size: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading: YAML file + overrides -> JobConfig, every key and type checked
+# Reading: YAML file + overrides -> JobConfig; pydantic checks every key and value, its errors become ConfigErrors
 
 SECTIONS: dict[str, type] = typing.get_type_hints(JobConfig)
 """Section name -> its dataclass, in file order."""
 
-
-def _free_mapping_fields() -> dict[str, list[str]]:
-    """The keys allowed inside the two free-form mappings (``model.overrides``, ``data.blanks``)."""
-    from torchglm.config import GLMConfig
-    from torchglm.data import BlankConfig
-
-    return {
-        "model.overrides": sorted(f.name for f in dataclasses.fields(GLMConfig)),
-        "data.blanks": sorted(f.name for f in dataclasses.fields(BlankConfig)),
-    }
+_EXPECTED = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
+_EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "dataclass_exact_type": "a mapping"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
 def _unknown(kind: str, name: str, known) -> ConfigError:
@@ -260,65 +260,35 @@ def _unknown(kind: str, name: str, known) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}{hint}")
 
 
-def _check_type(where: str, value: Any, annotation) -> Any:
-    """Return ``value`` if it fits ``annotation`` (ints are accepted for floats); else a ConfigError."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(where, value, option)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item,) = typing.get_args(annotation)
-        return [_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if annotation is Any:
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
-        raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r} ({type(value).__name__})")
-    return value
+def _describe(error, source: str) -> str:
+    """One pydantic error as one line naming the dotted field, the bad value and what was expected."""
+    kind, loc, value, ctx = error["type"], error["loc"], error["input"], error.get("ctx", {})
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = SECTIONS if len(loc) == 1 else [f"{loc[0]}.{k}" for k in _names(SECTIONS[loc[0]])]
+        return str(_unknown(f"{'section' if len(loc) == 1 else 'field'} in {source}:", where, known))
+    if kind == "unknown_key":
+        return str(_unknown(f"key in {source}: {ctx['where']}", ctx["key"], _free_mapping_fields()[ctx["where"]]))
+    if kind == "value_error" and isinstance(ctx.get("error"), ConfigError):
+        return str(ctx["error"])  # from JobConfig.check
+    if kind in _EXPECTED:
+        return f"{where} must be {_EXPECTED[kind]}, got {value!r}"
+    if kind in _BOUNDS:
+        return f"{where} must be {_BOUNDS[kind]} {next(iter(ctx.values())):g}, got {value!r}"
+    if kind == "literal_error":
+        choices = typing.get_args(SECTIONS[loc[0]].__pydantic_fields__[loc[1]].annotation)
+        return f"{where} must be one of {list(choices)}, got {value!r}"
+    return f"{where or source}: {error['msg']}, got {value!r}"
 
 
 def job_config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:
     """Build and check a :class:`JobConfig` from nested mappings (unknown sections/fields/keys are errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    free = _free_mapping_fields()
-    sections = {}
-    for name, values in raw.items():
-        if name not in SECTIONS:
-            raise _unknown(f"section in {source}:", name, SECTIONS)
-        cls = SECTIONS[name]
-        values = values or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {name!r} must be a mapping, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in values.items():
-            if key not in hints:
-                raise _unknown(f"field in {source}:", f"{name}.{key}", [f"{name}.{k}" for k in hints])
-            kwargs[key] = _check_type(f"{name}.{key}", value, hints[key])
-            if f"{name}.{key}" in free:
-                for inner in kwargs[key]:
-                    if inner not in free[f"{name}.{key}"]:
-                        raise _unknown(f"key in {source}: {name}.{key}", inner, free[f"{name}.{key}"])
-        sections[name] = cls(**kwargs)
-    return JobConfig(**sections)
+    try:
+        return JobConfig(**{str(k): v for k, v in raw.items()})
+    except ValidationError as error:
+        raise ConfigError("\n".join(_describe(e, source) for e in error.errors())) from None
 
 
 def parse_override(argument: str, value: str) -> tuple[list[str], Any]:
@@ -343,22 +313,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
     out = {k: dict(v or {}) for k, v in raw.items()}
     free = _free_mapping_fields()
     for path, value in overrides:
-        dotted = ".".join(path)
         if len(path) < 2 or path[0] not in SECTIONS:
-            raise _unknown("option", f"--{dotted}", [f"--{s}.FIELD" for s in SECTIONS])
-        section, name = path[0], path[1]
-        hints = typing.get_type_hints(SECTIONS[section])
-        if name not in hints:
-            raise _unknown("option", f"--{section}.{name}", [f"--{section}.{k}" for k in hints])
+            raise _unknown("option", f"--{'.'.join(path)}", [f"--{s}.FIELD" for s in SECTIONS])
+        section, name, fields = path[0], path[1], _names(SECTIONS[path[0]])
         target = out.setdefault(section, {})
-        if len(path) == 2:
+        if len(path) == 2 and name in fields:
             target[name] = value
         elif len(path) == 3 and f"{section}.{name}" in free:
             if path[2] not in free[f"{section}.{name}"]:
                 raise _unknown(f"key of --{section}.{name}", path[2], free[f"{section}.{name}"])
             target[name] = {**(target.get(name) or {}), path[2]: value}
         else:
-            raise _unknown("option", f"--{dotted}", [f"--{section}.{k}" for k in hints])
+            raise _unknown("option", f"--{'.'.join(path)}", [f"--{section}.{k}" for k in fields])
     return out
 
 
@@ -395,18 +361,9 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
 
 
 def override_options() -> list[tuple[str, str]]:
-    """Every ``--section.field`` option with the first line of its docstring, for ``--help``."""
-    import ast
-    import inspect
-
-    options = []
-    for section, cls in SECTIONS.items():
-        docs = {}
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body
-        for node, after in zip(body, body[1:], strict=False):
-            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr):
-                docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
-        for f in dataclasses.fields(cls):
-            options.append((f"--{section}.{f.name}", docs.get(f.name, "")))
-    return options
+    """Every ``--section.field`` option with the first line of its description (docstring), for ``--help``."""
+    return [
+        (f"--{section}.{name}", (info.description or "").strip().split("\n")[0])
+        for section, cls in SECTIONS.items()
+        for name, info in cls.__pydantic_fields__.items()
+    ]

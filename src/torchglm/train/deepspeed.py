@@ -57,15 +57,16 @@ class DeepSpeedTrainer(Trainer):
     """:class:`Trainer` whose backward/update go through a DeepSpeed engine (``self.model`` is the engine)."""
 
     @classmethod
-    def create(cls, job, world, model, objective, train_data, metrics, **common):
+    def create(cls, job, config, world, model, objective, train_data, metrics, **common):
+        """The engine and its trainer for ``job`` (``config``: the loop's :class:`TrainerConfig`)."""
         deepspeed = require_deepspeed()
         if world.device.type == "cpu":
             _skip_shared_memory_kernel()
         optimizer = build_optimizer(model, job.optim)
-        config = deepspeed_config(job, common["accumulation"])
         engine, ds_optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=config, dist_init_required=False
-        )
+            model=model, optimizer=optimizer, config=deepspeed_config(job, common["accumulation"]),
+            dist_init_required=False,
+        )  # fmt: skip
         # torchglm's schedule on the optimizer DeepSpeed wraps (its param_groups are the ones updated).
         scheduler = build_scheduler(optimizer, job.schedule, job.train.steps)
         checkpointer = Checkpointer(
@@ -76,10 +77,12 @@ class DeepSpeedTrainer(Trainer):
             save_payload=lambda path: engine.save_checkpoint(str(path), tag=TAG, save_latest=False),
             load_payload=lambda path: _load(engine, path),
         )
-        return cls(
-            job, world, engine, ds_optimizer, scheduler, objective, train_data, checkpointer, metrics,
+        trainer = cls(
+            config, world, engine, ds_optimizer, scheduler, objective, train_data, checkpointer, metrics,
             autocast_dtype=None, **common,
         )  # fmt: skip
+        trainer.zero_stage = job.parallel.zero_stage
+        return trainer
 
     def forward_backward_step(self, batch, scale):
         sums = super().forward_backward_step(batch, scale)
@@ -109,7 +112,7 @@ class DeepSpeedTrainer(Trainer):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        if self.job.parallel.zero_stage == 3:
+        if self.zero_stage == 3:
             import deepspeed
 
             params = list(self.model.module.parameters())

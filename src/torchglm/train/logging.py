@@ -1,4 +1,4 @@
-"""Training logs: a progress bar, JSON lines (``log.jsonl``) and TensorBoard, written by rank 0; MFU helpers.
+"""Training logs: a progress bar, JSON lines (``log.jsonl``) and TensorBoard, written by rank 0.
 
 Every record is one JSON object per line: training records carry ``step``, ``loss`` (and ``loss/<objective>``),
 ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu``, ``skipped_steps``...; evaluation records carry ``eval/loss``;
@@ -15,17 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 logger = logging.getLogger("torchglm.train")
-
-KNOWN_PEAK_TFLOPS = {  # dense bf16 tensor-core peaks per GPU (fp32 runs use TF32 or less; measure those)
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10": 125.0,
-}
 
 
 def setup_console_logging(rank: int) -> None:
@@ -36,69 +26,6 @@ def setup_console_logging(rank: int) -> None:
         handler.setFormatter(logging.Formatter(f"[%(asctime)s rank{rank}] %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-
-
-def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size: int, seq_length: int) -> float:
-    """Model FLOPs of one training token (forward + backward): ``6 N + 12 L H S``.
-
-    ``N`` counts the weights that multiply activations (every Linear and the output projection, not the
-    embedding lookups); ``12 L H S`` is the attention score and value products (full S x S, as computed).
-    """
-    return 6.0 * matmul_params + 12.0 * num_layers * hidden_size * seq_length
-
-
-def measure_matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, seconds: float = 1.0):
-    """Measured TFLOP/s of the fastest way to multiply two large ``dtype`` squares here: the peak for MFU.
-
-    The candidates are ``torch.matmul`` with the second operand row-major or transposed (as a Linear weight is;
-    on some CPUs one layout takes a much slower kernel) and torchglm's own product, ``torchglm.model.linear``
-    (on a CPU without bf16/fp16 GEMM it multiplies half-precision operands through fp32 GEMM, 100x faster than
-    torch's kernel there). The fastest counts, so an MFU is never flattered by a kernel the model avoids.
-    """
-    from torchglm.model import linear
-
-    candidates = (
-        lambda a, b: torch.matmul(a, b),
-        lambda a, b: torch.matmul(a, b.t()),
-        lambda a, b: linear(a, b),  # a @ b.T
-    )
-    size = size or (8192 if device.type == "cuda" else 2048)
-    probe = size // 2  # candidates are compared at half size: a slow one can be 100x slower
-    a = torch.randn(probe, probe, device=device).to(dtype)
-    fastest = max(candidates, key=lambda product: _product_rate(product, a, a.clone(), device, seconds / 4))
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    return _product_rate(fastest, a, b, device, seconds)
-
-
-def _product_rate(product, a: torch.Tensor, b: torch.Tensor, device: torch.device, seconds: float) -> float:
-    product(a, b)  # warm-up (kernel selection, packing)
-    _sync(device)
-    runs, start = 0, time.perf_counter()
-    while True:
-        product(a, b)
-        runs += 1
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            break
-    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] * runs / elapsed / 1e12
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_peak_tflops(device: torch.device, dtype: torch.dtype, configured: float | None) -> float:
-    """The configured peak, else a known GPU's bf16 peak, else a measured matmul peak."""
-    if configured:
-        return configured
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name(device)
-        for key, value in KNOWN_PEAK_TFLOPS.items():
-            if key in name:
-                return value
-    return measure_matmul_peak(dtype, device)
 
 
 class MetricLogger:
@@ -198,8 +125,3 @@ def _step_of(line: str) -> int:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError):
         return 0
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

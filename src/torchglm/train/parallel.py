@@ -141,6 +141,17 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, plan: dict[str, object]) -> 
         raise ValueError(f"TP plan patterns matched no module of {type(model).__name__}: {missing}")
 
 
+def tensor_parallel_styles(plan: dict[str, str]) -> dict[str, object]:
+    """A model's plan of style names (``colwise``, ``rowwise``) as DTensor parallel styles."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    unknown = sorted(set(plan.values()) - set(styles))
+    if unknown:
+        raise ValueError(f"unknown tensor-parallel style(s) {unknown}; known: {sorted(styles)}")
+    return {pattern: styles[name]() for pattern, name in plan.items()}
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 

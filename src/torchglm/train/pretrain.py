@@ -22,26 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from torchglm.config import GLMConfig
 from torchglm.data import (
+    BLANK_MODES,
     BLANK_PRESETS,
-    TASK_NAMES,
     BlankConfig,
     BlankInfillingBuilder,
     TokenShards,
     build_pretraining_stream,
 )
-from torchglm.model import GLMForConditionalGeneration
+from torchglm.losses import BlankInfillingLoss
+from torchglm.model import training_flops
 
-from .checkpoint import Checkpointer, CheckpointError, check_compatible, find_latest, resolve_resume
+from .checkpoint import CheckpointError, check_compatible, find_latest, resolve_resume
 from .config import ConfigError, JobConfig, check_world, load_job_config, override_options
-from .logging import MetricLogger, device_peak_tflops, setup_console_logging, transformer_flops_per_token
-from .optim import build_optimizer, build_scheduler
-from .parallel import World, close_distributed, init_distributed, load_full_state, parallelize, world_size_from_env
-from .trainer import LossSums, Trainer
+from .logging import MetricLogger, setup_console_logging
+from .parallel import World, close_distributed, init_distributed, world_size_from_env
+from .recipe import build_model, build_trainer, export_model
+from .trainer import Trainer
 
 logger = logging.getLogger("torchglm.train")
 
@@ -55,64 +54,6 @@ SIGNATURE_FIELDS = (
     "block_position_encoding",
 )
 """GLMConfig fields that make checkpoints incompatible when they differ (dropout may change on resume)."""
-
-
-def glm_tp_plan() -> dict[str, object]:
-    """GLM's tensor-parallel plan, as data: module pattern -> DTensor parallel style.
-
-    The MLP is split column-wise then row-wise (no communication in between). The released fused
-    ``query_key_value`` holds q, k and v as contiguous thirds, so a plain column split would not give each rank
-    whole heads: its output is gathered (``Replicate``) and the attention runs on every rank; ``dense`` is split
-    row-wise. Most of a block's FLOPs (the MLP) and all its large weights are sharded.
-    """
-    from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-    layers = "glm.transformer.layers.*"
-    return {
-        f"{layers}.attention.query_key_value": ColwiseParallel(output_layouts=Replicate()),
-        f"{layers}.attention.dense": RowwiseParallel(input_layouts=Replicate()),
-        f"{layers}.mlp.dense_h_to_4h": ColwiseParallel(),
-        f"{layers}.mlp.dense_4h_to_h": RowwiseParallel(),
-    }
-
-
-class GLMObjective:
-    """Token-level cross-entropy on ``labels`` (-100 ignored, aligned with the inputs), summed per objective."""
-
-    def __init__(self, part_names=TASK_NAMES):
-        self.part_names = tuple(part_names)
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["labels"] != -100).sum())
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossSums:
-        mask = batch.get("attention_mask", batch.get("sep"))
-        logits = model(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask, use_cache=False
-        ).logits  # [B, L, V]
-        labels = batch["labels"]
-        targets = labels != -100  # [B, L]; part B only in blank infilling (~15-50% of the positions)
-        # The (log-)softmax over the vocabulary only where there is a target: it is memory-bound, and most
-        # positions of a blank-infilling sample have none.
-        losses = F.cross_entropy(logits[targets].float(), labels[targets], reduction="none")  # [N]
-        rows = targets.nonzero()[:, 0]
-        per_sample = torch.zeros(labels.shape[0], device=losses.device).index_add(0, rows, losses)  # [B]
-        counts = targets.sum(1)
-        parts = {}
-        if "task" in batch:
-            task = batch["task"]
-            sums = torch.zeros(len(self.part_names), device=losses.device).index_add(0, task, per_sample.detach())
-            terms = torch.zeros(len(self.part_names), device=losses.device).index_add(0, task, counts.float())
-            parts = {name: (sums[i], terms[i]) for i, name in enumerate(self.part_names)}
-        return LossSums(total=per_sample.sum(), count=counts.sum(), tokens=labels.numel(), parts=parts)
-
-
-def glm_flops_per_token(config: GLMConfig, seq_length: int) -> float:
-    """Model FLOPs per trained token: every Linear of the blocks plus the tied output projection."""
-    h, layers = config.hidden_size, config.num_layers
-    per_block = 4 * h * h + 2 * h * config.intermediate_size  # q|k|v + dense + two MLP matrices
-    return transformer_flops_per_token(layers * per_block + config.vocab_size * h, layers, h, seq_length)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,11 +77,14 @@ class Plan:
         return Path(self.job.train.output_dir)
 
     def signature(self) -> dict[str, Any]:
-        return model_signature(self.model_config)
+        return model_signature(self.model_config, self.job.parallel.tp_size)
 
 
-def model_signature(config: GLMConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in SIGNATURE_FIELDS}
+def model_signature(config: GLMConfig, tp_size: int = 1) -> dict[str, Any]:
+    """What a checkpoint must share with a run to resume it: the model's shape, and the tensor-parallel degree
+    (its checkpoints hold ``query_key_value`` regrouped per rank, see ``torchglm.model.tensor_parallel_layout``;
+    the data-parallel size may change)."""
+    return {**{name: getattr(config, name) for name in SIGNATURE_FIELDS}, "tensor_parallel_size": tp_size}
 
 
 def build_model_config(job: JobConfig) -> GLMConfig:
@@ -225,37 +169,12 @@ def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
             "another train.output_dir"
         )
     if resume_from is not None:
-        check_compatible(resume_from, model_signature(model_config))
+        check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
     return Plan(job, model_config, blanks, world_size, dp, accumulation, resume_from, train_shards, eval_shards)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building and running
-
-
-def build_model(plan: Plan, world: World) -> nn.Module:
-    """The GLM model on its device, parallelized; identical initial weights whatever the number of processes."""
-    job, config = plan.job, plan.model_config
-
-    def full_model() -> GLMForConditionalGeneration:
-        torch.manual_seed(job.train.seed)
-        if job.model.init_from:
-            return GLMForConditionalGeneration.from_pretrained(job.model.init_from, config=config)
-        return GLMForConditionalGeneration(config)
-
-    if not world.distributed or job.parallel.engine == "deepspeed":
-        # One process, or DeepSpeed (which partitions the plain model itself): the same seed gives every
-        # process the same weights.
-        model = full_model().to(world.device)
-        parallelize(model, None, job.parallel, job.train.precision)  # activation checkpointing only
-        return model
-    full_state = full_model().state_dict() if world.is_main else None
-    with torch.device("meta"):
-        model = GLMForConditionalGeneration(config)
-    tp_plan = glm_tp_plan() if job.parallel.tp_size > 1 else None
-    parallelize(model, world.mesh, job.parallel, job.train.precision, tp_plan=tp_plan)
-    load_full_state(model, full_state, world)
-    return model
 
 
 def build_streams(plan: Plan, world: World):
@@ -292,16 +211,6 @@ def build_streams(plan: Plan, world: World):
     return train_data, eval_data
 
 
-def export_final(state: dict[str, torch.Tensor], plan: Plan, world: World, folder: Path) -> None:
-    """``save_pretrained`` the gathered weights (rank 0): a folder that ``from_pretrained`` loads."""
-    if world.is_main:
-        with torch.device("meta"):
-            plain = GLMForConditionalGeneration(plan.model_config)
-        plain.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, assign=True)
-        plain.save_pretrained(folder)
-    world.barrier()
-
-
 def train(plan: Plan) -> Trainer:
     """Run the planned job in this process (one of torchrun's, or alone); returns the finished trainer."""
     job = plan.job
@@ -313,50 +222,31 @@ def train(plan: Plan) -> Trainer:
         (out / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
     world.barrier()
 
-    model = build_model(plan, world)
+    model = build_model(job, plan.model_config, world)
     torch.manual_seed(job.train.seed + 1 + world.dp_rank)  # dropout: shared by TP peers, different per replica
     train_data, eval_data = build_streams(plan, world)
-    objective = GLMObjective()
-    bf16 = job.train.precision == "bf16"
-    # bf16: FSDP2's MixedPrecisionPolicy under torchrun, DeepSpeed's bf16 mode, else autocast (one process).
-    autocast = torch.bfloat16 if bf16 and job.parallel.engine == "fsdp" and not world.distributed else None
-    peak = device_peak_tflops(world.device, torch.bfloat16 if bf16 else torch.float32, job.logging.peak_tflops)
-    info = {"model_signature": plan.signature(), "config": job.to_dict()}
-    common = dict(
-        accumulation=plan.accumulation,
-        eval_data=eval_data,
-        flops_per_token=glm_flops_per_token(plan.model_config, plan.blanks.seq_length),
-        peak_tflops=peak,
-        trainer_info=info,
-    )
     resume_step = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from else 0
     metrics = MetricLogger(
         out, job.train.steps, world.is_main, job.logging.progress_bar, job.logging.tensorboard, resume_step
     )
     with metrics:
-        if job.parallel.engine == "deepspeed":
-            from .deepspeed import DeepSpeedTrainer
-
-            trainer = DeepSpeedTrainer.create(job, world, model, objective, train_data, metrics, **common)
-        else:
-            optimizer = build_optimizer(model, job.optim)
-            scheduler = build_scheduler(optimizer, job.schedule, job.train.steps)
-            checkpointer = Checkpointer(out / "checkpoints", job.checkpoint.keep_last, world.rank, world.distributed)
-            trainer = Trainer(
-                job, world, model, optimizer, scheduler, objective, train_data, checkpointer, metrics,
-                autocast_dtype=autocast, **common,
-            )  # fmt: skip
+        trainer = build_trainer(
+            job, world, model, BlankInfillingLoss(BLANK_MODES), train_data, metrics,
+            accumulation=plan.accumulation, eval_data=eval_data,
+            flops=training_flops(plan.model_config, plan.blanks.seq_length),
+            trainer_info={"model_signature": plan.signature(), "config": job.to_dict()},
+        )  # fmt: skip
         n_params = sum(p.numel() for p in model.parameters())
         metrics.message(
             f"{job.model.preset}: {n_params / 1e6:.1f}M parameters on {world.world_size} process(es) "
             f"(dp {world.dp_size} x tp {world.tp_size}), {plan.accumulation} accumulation step(s), "
-            f"{job.train.precision}, {world.device}; peak {peak:.3g} TFLOP/s per device for MFU"
+            f"{job.train.precision}, {world.device}; peak {trainer.peak_tflops:.3g} TFLOP/s per device for MFU"
         )
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
         trainer.train()
         if job.checkpoint.export_final:
-            export_final(trainer.full_state_dict(), plan, world, out / "final")
+            export_model(trainer, plan.model_config, world, out / "final", job.parallel.tp_size)
             metrics.message(f"exported the final model to {out / 'final'}")
     return trainer
 

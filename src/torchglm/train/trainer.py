@@ -3,14 +3,15 @@
 - :meth:`Trainer.train_step` takes the step's micro-batches, counts their loss terms over all data-parallel ranks,
   runs :meth:`Trainer.forward_backward_step` on each, clips the global gradient norm and updates; a non-finite
   loss or gradient norm skips the update (counted, logged) and too many in a row abort the run;
-- :meth:`Trainer.validate` computes the held-out loss;
+- :meth:`Trainer.validate` computes the held-out loss, and whatever metrics ``eval_metrics(model)`` returns
+  (accuracy, ROUGE: the finetuning recipes pass them);
 - :meth:`Trainer.save` / :meth:`Trainer.resume` go through :class:`~torchglm.train.checkpoint.Checkpointer`.
 
 The loss of a step is the mean over every loss term of the global batch (``sum / count``, the count all-reduced
 before the backward), so one process with gradient accumulation and N processes give the same gradients.
 
-What the trainer needs from the model side is an :class:`Objective`: ``count(batch)`` (loss terms in a batch)
-and ``objective(model, batch) -> LossSums``.
+What the trainer needs from the model side is an :class:`~torchglm.losses.Objective`: ``count(batch)`` (loss
+terms in a batch) and ``objective(model, batch) -> LossSums``; what it needs of the run, a :class:`TrainerConfig`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchglm.losses import LossSums, Objective
+from torchglm.model import FlopCount
+
 from .checkpoint import Checkpointer, rng_state, set_rng_state
-from .config import JobConfig
 from .logging import MetricLogger
 from .parallel import World, clip_grad_norm
 
@@ -37,23 +40,23 @@ logger = logging.getLogger("torchglm.train")
 
 
 @dataclass
-class LossSums:
-    """What an objective returns for one micro-batch: sums, so that batches and ranks combine exactly."""
+class TrainerConfig:
+    """What the loop itself needs to know; the recipes fill it from their job configs."""
 
-    total: torch.Tensor
-    """Sum of the loss terms (differentiable)."""
-    count: torch.Tensor | int
-    """Number of loss terms in the sum."""
-    tokens: int
-    """Tokens the model processed (for throughput), padding included."""
-    parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    """Named (sum, count) pairs of sub-losses for logging (e.g. per objective); same names on every rank."""
-
-
-class Objective(Protocol):
-    def count(self, batch: dict[str, torch.Tensor]) -> int: ...
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossSums: ...
+    steps: int
+    """Optimizer steps to train for."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    max_nonfinite_steps: int = 5
+    """A step with a non-finite loss or gradient norm is skipped; this many in a row abort the run."""
+    log_interval: int = 10
+    """Write a log record every this many steps (the first and the last step are always logged)."""
+    eval_interval: int = 0
+    """Evaluate every this many steps (and after the last one, and before the first); 0: never."""
+    checkpoint_interval: int = 0
+    """Save every this many steps; the last step is always saved (when there is a checkpointer)."""
+    config_names: dict[str, str] = field(default_factory=dict)
+    """The job-config name of each field above, for error messages (``clip_grad`` -> ``optim.clip_grad``)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -63,14 +66,18 @@ class NonFiniteError(RuntimeError):
 class Trainer:
     """One training run. Example::
 
-    trainer = Trainer(job, world, model, optimizer, scheduler, objective, train_batches, checkpointer, log)
+    trainer = Trainer(TrainerConfig(steps=100), world, model, optimizer, scheduler, objective, batches,
+                      checkpointer, log)
     trainer.resume(path)        # optional
     trainer.train()
+
+    ``flops`` (the model's :class:`~torchglm.model.FlopCount`) and ``peak_tflops`` give the logged MFU;
+    ``eval_metrics(model) -> {name: value}`` adds metrics to every evaluation (logged as ``eval/<name>``).
     """
 
     def __init__(
         self,
-        job: JobConfig,
+        config: TrainerConfig,
         world: World,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
@@ -82,11 +89,12 @@ class Trainer:
         accumulation: int = 1,
         eval_data: Callable[[], Iterable[dict]] | None = None,
         autocast_dtype: torch.dtype | None = None,
-        flops_per_token: float = 0.0,
+        flops: FlopCount | None = None,
         peak_tflops: float = 0.0,
         trainer_info: dict[str, Any] | None = None,
+        eval_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
     ):
-        self.job = job
+        self.config = config
         self.world = world
         self.model = model
         self.optimizer = optimizer
@@ -98,8 +106,9 @@ class Trainer:
         self.metrics = metrics
         self.accumulation = accumulation
         self.autocast_dtype = autocast_dtype
-        self.flops_per_token = flops_per_token
+        self.flops = flops
         self.peak_tflops = peak_tflops
+        self.eval_metrics = eval_metrics
         self.trainer_info = trainer_info or {}
         self.step = 0
         self.tokens_seen = 0
@@ -129,6 +138,7 @@ class Trainer:
         reduced = self._reduce_totals(totals)
         loss = reduced.pop("loss")
         tokens = int(reduced.pop("tokens"))
+        predicted = int(reduced.pop("count"))
         grad_norm, applied = self.update(math.isfinite(loss))
         if applied:
             self.nonfinite_in_a_row = 0
@@ -143,58 +153,68 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         record = {"step": self.step, "loss": loss, **reduced, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+        record["predicted"] = predicted
         if not applied:
             self.metrics.log({"event": "skipped_step", "step": self.step, "loss": loss, "grad_norm": grad_norm})
-            limit = self.job.train.max_nonfinite_steps
+            limit = self.config.max_nonfinite_steps
             if self.nonfinite_in_a_row >= limit:
+                name = self.config.config_names.get("max_nonfinite_steps", "max_nonfinite_steps")
                 raise NonFiniteError(
                     f"{self.nonfinite_in_a_row} steps in a row (up to step {self.step}) had a non-finite loss or "
-                    f"gradient norm (loss {loss}, grad norm {grad_norm}); stopping (train.max_nonfinite_steps = "
-                    f"{limit}). Lower optim.lr, check the data, or resume from an earlier checkpoint."
+                    f"gradient norm (loss {loss}, grad norm {grad_norm}); stopping ({name} = {limit}). Lower the "
+                    "learning rate, check the data, or resume from an earlier checkpoint."
                 )
         return record
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean held-out loss (and per-part losses) over ``eval_data()``, on every rank."""
+        """Mean held-out loss (and per-part losses) over ``eval_data()`` on every rank, and the
+        ``eval_metrics(model)`` of the recipe, each as ``eval/<name>``."""
         self.model.eval()
         totals: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {}
         try:
-            for batch in self.eval_data():
+            for batch in self.eval_data() if self.eval_data is not None else ():
                 batch = {k: v.to(self.world.device, non_blocking=True) for k, v in batch.items()}
                 with self._autocast():
                     _accumulate(totals, self.objective(self.model, batch))
+            if self.eval_metrics is not None:
+                with self._autocast():
+                    metrics = dict(self.eval_metrics(self.model))
         finally:
             self.model.train()
-        reduced = self._reduce_totals(totals)
-        reduced.pop("tokens")
-        return {f"eval/{k}": v for k, v in reduced.items()}
+        reduced = self._reduce_totals(totals) if totals else {}
+        reduced.pop("tokens", None)
+        reduced.pop("count", None)
+        return {f"eval/{k}": v for k, v in {**reduced, **metrics}.items()}
 
     def train(self) -> None:
-        """Train from ``self.step`` to ``train.steps``, logging, evaluating and saving at their intervals."""
-        cfg, log_every = self.job.train, self.job.logging.interval
+        """Train from ``self.step`` to ``config.steps``, logging, evaluating and saving at their intervals."""
+        cfg = self.config
+        evaluates = cfg.eval_interval and (self.eval_data is not None or self.eval_metrics is not None)
         self.model.train()
         self._batches = iter(self.train_data)
-        if self.eval_data is not None and cfg.eval_interval and self.step == 0:
+        if evaluates and self.step == 0:
             self.metrics.log({"step": 0, **self.validate()})
-        window_start, window_tokens = time.perf_counter(), 0
+        window_start, window_tokens, window_predicted = time.perf_counter(), 0, 0
         while self.step < cfg.steps:
             record = self.train_step()
             window_tokens += record["tokens"]
+            window_predicted += record.pop("predicted")
             self.metrics.advance(self.step, record["loss"], record["lr"])
             last = self.step == cfg.steps
-            if self.step % log_every == 0 or self.step == 1 or last:
+            if self.step % cfg.log_interval == 0 or self.step == 1 or last:
                 elapsed = time.perf_counter() - window_start
                 rate = window_tokens / elapsed if elapsed > 0 else 0.0
                 record.update(tokens_per_s=rate, skipped_steps=self.skipped_steps, tokens_seen=self.tokens_seen)
-                if self.peak_tflops and self.flops_per_token:
-                    peak = self.peak_tflops * 1e12 * self.world.world_size
-                    record["mfu"] = rate * self.flops_per_token / peak
+                if self.peak_tflops and self.flops is not None and elapsed > 0:
+                    flops = window_tokens * self.flops.per_token + window_predicted * self.flops.per_prediction
+                    record["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * self.world.world_size)
                 self.metrics.log(record)
-                window_start, window_tokens = time.perf_counter(), 0
-            if self.eval_data is not None and cfg.eval_interval and (self.step % cfg.eval_interval == 0 or last):
+                window_start, window_tokens, window_predicted = time.perf_counter(), 0, 0
+            if evaluates and (self.step % cfg.eval_interval == 0 or last):
                 self.metrics.log({"step": self.step, **self.validate()})
-            interval = self.job.checkpoint.interval
+            interval = cfg.checkpoint_interval
             if self.checkpointer is not None and ((interval and self.step % interval == 0) or last):
                 self.save()
 
@@ -215,7 +235,7 @@ class Trainer:
         """
         grad_norm = float("nan")
         if loss_is_finite:
-            grad_norm = clip_grad_norm(self.model.parameters(), self.job.optim.clip_grad)
+            grad_norm = clip_grad_norm(self.model.parameters(), self.config.clip_grad)
         applied = loss_is_finite and math.isfinite(grad_norm)
         if applied:
             self.optimizer.step()
@@ -293,7 +313,7 @@ class Trainer:
         out = {}
         for i, name in enumerate(names):
             total, count = packed[2 * i], packed[2 * i + 1]
-            if name == "tokens":
+            if name in ("tokens", "count"):
                 out[name] = total
             elif count > 0 or name == "loss":
                 out[name] = total / count if count > 0 else float("nan")
@@ -302,7 +322,7 @@ class Trainer:
 
 def _accumulate(totals: dict[str, torch.Tensor], sums: LossSums) -> None:
     """Add a micro-batch's sums to the running (sum, count) pairs: the loss, each part, the tokens."""
-    pairs = {"loss": (sums.total, sums.count), "tokens": (sums.tokens, 0)}
+    pairs = {"loss": (sums.total, sums.count), "tokens": (sums.tokens, 0), "count": (sums.count, 0)}
     pairs.update({f"loss/{name}": pair for name, pair in sums.parts.items()})
     for name, (total, count) in pairs.items():
         total = torch.as_tensor(total).detach().double().reshape(())
