@@ -3,7 +3,7 @@
 A benchmark figure means little without the machine under it, and a comparison means nothing when one side
 runs a kernel the other avoids. On a CPU without bf16 (or fp16) GEMM, PyTorch multiplies those dtypes with a
 reference kernel 100-1000x slower than its fp32 GEMM; torchglm routes such products through fp32 GEMM
-(``torchglm.model.linear``), a peer such as transformers' GPT-2 does not, so a half-precision ratio against it
+(``torchglm.ops.linear``), a peer such as transformers' GPT-2 does not, so a half-precision ratio against it
 would measure torch's reference kernel, not the peer.
 
 - ``describe()``: one line (two with a GPU) to print at a benchmark's start: CPU model, the SIMD/AMX features

@@ -1,14 +1,19 @@
-"""Training throughput and MFU of torchglm's trainer, against transformers' GPT-2 of the same dimensions.
+"""Training throughput and MFU of torchglm's trainer, against transformers' GPT-2 of the same dimensions and
+against torchglm's previous objective (the output layer at every position).
 
 One optimizer step = forward + backward + gradient clipping + fused AdamW, through ``torchglm.train.Trainer``
-exactly as ``torchglm pretrain`` runs it (bf16 = autocast with fp32 master weights). MFU is model FLOPs
-(``6 N + 12 L H S`` per token, N = every weight matrix including the tied output projection) per second,
-divided by the matmul peak of the same dtype measured in the same run (the fastest product of two large
-squares, see ``measure_matmul_peak``, timed after every round of steps; the median counts). GLM batches are
-blank-infilling shaped (part A 85%, part B with targets 15%); GPT-2 predicts every token. On a CPU without
-bf16 GEMM the GPT-2 peer is skipped in bf16 (torch's reference kernel would take tens of minutes per step).
+exactly as ``torchglm pretrain`` runs it (bf16 = autocast with fp32 master weights). MFU is model FLOPs per second
+(``torchglm.model.training_flops``: ``6 N_blocks + 12 L H S`` per token and ``6 V H`` per predicted token, the
+output layer counted where it is useful: at the targets for GLM, everywhere for GPT-2) divided by the matmul
+peak of the same dtype measured in the same run (the fastest product of two large squares, see
+``torchglm.ops.peak.measure_matmul_peak``, timed after every round of steps; the median counts). GLM batches are
+blank-infilling shaped (part A 85%, part B with targets 15%); GPT-2 predicts every token. "glm (all positions)"
+is the same model with the previous objective, which projected every position onto the vocabulary and then
+kept the targets: the ratio of the two step times is what projecting only the targets saves. A peer whose dtype
+this CPU has no GEMM for is skipped (torch's reference kernel would take tens of minutes per step).
 
     python benchmarks/train_speed.py                       # CPU: base at seq 512, fp32 and bf16
+    python benchmarks/train_speed.py --sizes tiny --seq 128 --repeats 1   # a smoke run
     python benchmarks/train_speed.py --sizes large 2b      # GPU: the default there
 """
 
@@ -24,14 +29,18 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from _machine import describe, has_half_gemm
 from torchglm import GLMConfig, GLMForConditionalGeneration
-from torchglm.model import _cpu_lacks_gemm
+from torchglm.layout import model_inputs
+from torchglm.losses import BlankInfillingLoss, LossSums
+from torchglm.model import training_flops
+from torchglm.ops.peak import measure_matmul_peak
 from torchglm.train.config import job_config_from_dict
-from torchglm.train.logging import MetricLogger, measure_matmul_peak
+from torchglm.train.logging import MetricLogger
 from torchglm.train.optim import build_optimizer, build_scheduler
 from torchglm.train.parallel import World, pick_device
-from torchglm.train.pretrain import GLMObjective, glm_flops_per_token
-from torchglm.train.trainer import LossSums, Trainer
+from torchglm.train.recipe import trainer_config
+from torchglm.train.trainer import Trainer
 
 
 def glm_batch(batch: int, seq: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -45,7 +54,18 @@ def glm_batch(batch: int, seq: int, vocab: int, generator: torch.Generator) -> d
     labels = torch.full((batch, seq), -100)
     labels[:, sep:] = ids[:, sep:]
     return {"input_ids": ids, "position_ids": positions, "sep": torch.full((batch,), sep), "labels": labels,
-            "task": torch.zeros(batch, dtype=torch.long)}  # fmt: skip
+            "blank_mode": torch.zeros(batch, dtype=torch.long)}  # fmt: skip
+
+
+class AllPositionsLoss(BlankInfillingLoss):
+    """The previous objective: logits at every position, then the cross-entropy at the targets."""
+
+    def __call__(self, model, batch):
+        labels = batch["labels"]
+        targets = labels != -100
+        logits = model(**model_inputs(batch), use_cache=False).logits  # [B, L, V]
+        losses = F.cross_entropy(logits[targets].float(), labels[targets], reduction="sum")
+        return LossSums(total=losses, count=targets.sum(), tokens=labels.numel())
 
 
 class CausalLM:
@@ -60,11 +80,19 @@ class CausalLM:
         return LossSums(total=losses, count=self.count(batch), tokens=batch["input_ids"].numel())
 
 
+def step_flops(flops, batch: dict, gpt2: bool) -> float:
+    """Model FLOPs of one step: every token, plus the output layer at the predicted tokens."""
+    tokens = batch["input_ids"].numel()
+    predicted = tokens if gpt2 else int((batch["labels"] != -100).sum())
+    return tokens * flops.per_token + predicted * flops.per_prediction
+
+
 def gpt2_like(config: GLMConfig) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(
         GPT2Config(
             n_layer=config.num_layers, n_embd=config.hidden_size, n_head=config.num_attention_heads,
             n_positions=config.max_sequence_length, vocab_size=config.vocab_size, attn_implementation="sdpa",
+            bos_token_id=None, eos_token_id=None,
         )
     )  # fmt: skip
 
@@ -83,7 +111,7 @@ def make_trainer(model, objective, batches, device, precision: str, folder: str,
     scheduler = build_scheduler(optimizer, job.schedule, job.train.steps)
     metrics = MetricLogger(folder, job.train.steps, False)
     trainer = Trainer(
-        job, World(device=device), model, optimizer, scheduler, objective, None, None, metrics,
+        trainer_config(job), World(device=device), model, optimizer, scheduler, objective, None, None, metrics,
         autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
     )  # fmt: skip
     trainer._batches = iter(batches * (steps + 1))
@@ -123,57 +151,70 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-peer", action="store_true", help="skip the GPT-2 peer")
+    parser.add_argument("--no-previous", action="store_true", help="skip the all-positions objective")
     parser.add_argument(
         "--max-step-seconds", type=float, default=60, help="skip a precision whose step would take longer"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device("auto")
+    print(describe())
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, seq {args.seq}, {args.batch} sequences/step")
-    print(f"{'model':16} {'dtype':5} {'peak TF/s':>9} {'s/step':>8} {'tokens/s':>9} {'MFU':>6}   (median of the steps)")
+    print(f"{'model':26} {'dtype':5} {'peak TF/s':>9} {'s/step':>8} {'tokens/s':>9} {'MFU':>6}   (median of the steps)")
     for size in args.sizes:
         config = GLMConfig.from_preset(size, max_sequence_length=max(args.seq, 512))
-        flops = glm_flops_per_token(config, args.seq)
+        flops = training_flops(config, args.seq)
         generator = torch.Generator().manual_seed(0)
         batches = [glm_batch(args.batch, args.seq, config.vocab_size, generator)]
         for precision in args.precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             peak = measure_matmul_peak(dtype, device)  # a first figure, for the step-time estimate
-            estimate = flops * args.batch * args.seq / (peak * 1e12)
+            estimate = step_flops(flops, batches[0], gpt2=True) / (peak * 1e12)
             if estimate > args.max_step_seconds:
                 print(
-                    f"glm-{size:11} {precision:5} {peak:9.3f}  skipped: >= {estimate:.0f} s/step even at the measured "
-                    f"peak (--max-step-seconds {args.max_step_seconds:.0f}; try --batch 1 --seq 128)"
+                    f"glm-{size:21} {precision:5} {peak:9.3f}  skipped: >= {estimate:.0f} s/step even at the "
+                    f"measured peak (--max-step-seconds {args.max_step_seconds:.0f}; try --batch 1 --seq 128)"
                 )
                 continue
-            models = [(f"glm-{size}", GLMForConditionalGeneration(config), GLMObjective())]
+            torch.manual_seed(0)
+            glm = GLMForConditionalGeneration(config)
+            previous = GLMForConditionalGeneration(config)
+            previous.load_state_dict(glm.state_dict())
+            models = [(f"glm-{size}", glm, BlankInfillingLoss(), False)]
+            if not args.no_previous:
+                models.append((f"glm-{size} (all positions)", previous, AllPositionsLoss(), False))
             if args.no_peer:
                 pass
-            elif precision == "bf16" and device.type == "cpu" and _cpu_lacks_gemm(torch.bfloat16):
+            elif not has_half_gemm(dtype, device.type):
                 print(
-                    f"gpt2-{size}-dims   bf16  skipped: this CPU has no bf16 GEMM and GPT-2 multiplies with torch's "
-                    "reference kernel (0.3-20 GFLOP/s): one step would take tens of minutes"
+                    f"gpt2-{size}-dims            {precision:5} skipped: this CPU has no {precision} GEMM and GPT-2 "
+                    "would multiply with torch's reference kernel (0.3-20 GFLOP/s): no fair ratio"
                 )
             else:
-                models.append((f"gpt2-{size}-dims", gpt2_like(config), CausalLM()))
+                models.append((f"gpt2-{size}-dims", gpt2_like(config), CausalLM(), True))
             with tempfile.TemporaryDirectory() as folder:
                 trainers = [
                     make_trainer(model.to(device).train(), objective, batches, device, precision, folder, args.repeats)
-                    for _, model, objective in models
+                    for _, model, objective, _ in models
                 ]
                 times, peaks = paired_step_seconds(
                     trainers, device, args.repeats, functools.partial(measure_matmul_peak, dtype, device)
                 )
                 peak = statistics.median(peaks)
-                for (name, _, _), trainer, seconds in zip(models, trainers, times, strict=True):
+                medians = {}
+                for (name, _, _, is_gpt2), trainer, seconds in zip(models, trainers, times, strict=True):
                     trainer.metrics.close()
-                    median = statistics.median(seconds)
+                    median = medians[name] = statistics.median(seconds)
                     rate = args.batch * args.seq / median
+                    mfu = step_flops(flops, batches[0], is_gpt2) / median / (peak * 1e12)
                     print(
-                        f"{name:16} {precision:5} {peak:9.3f} {median:8.3f} {rate:9.1f} "
-                        f"{rate * flops / (peak * 1e12):6.1%}   steps: {', '.join(f'{t:.2f}' for t in seconds)}",
+                        f"{name:26} {precision:5} {peak:9.3f} {median:8.3f} {rate:9.1f} {mfu:6.1%}   "
+                        f"steps: {', '.join(f'{t:.2f}' for t in seconds)}",
                         flush=True,
                     )
+                if not args.no_previous:
+                    ratio = medians[f"glm-{size}"] / medians[f"glm-{size} (all positions)"]
+                    print(f"  step time, targets only / all positions: {ratio:.3f} ({1 - ratio:.1%} less)", flush=True)
             del models, trainers
 
 

@@ -545,7 +545,6 @@ def test_bad_sep_and_shapes_are_named():
         ("hidden_size", 30, "not a multiple of num_attention_heads"),
         ("relative_encoding", True, "relative_encoding=True"),
         ("attention_dropout_prob", 1.5, "attention_dropout_prob must be in"),
-        ("spell_func", "gru", "spell_func must be one of"),
     ],
 )
 def test_bad_config_values_are_named(field, value, message):
@@ -576,3 +575,63 @@ def test_folders_without_weights_or_with_wrong_keys_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"missing keys \['glm.transformer.final_layernorm.bias'\]") as error:
         GLMForConditionalGeneration.from_pretrained(tmp_path)
     assert "glm.transformer.extra.weight" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sep= and predict_at= keywords
+
+
+def hand_mask(sep: list[int], length: int) -> torch.Tensor:
+    """``[B, 1, L, L]`` written out query by query: key k visible to query q when k < sep or k <= q."""
+    mask = torch.zeros(len(sep), 1, length, length, dtype=torch.long)
+    for b, s in enumerate(sep):
+        for q in range(length):
+            for k in range(length):
+                mask[b, 0, q, k] = int(k < s or k <= q)
+    return mask
+
+
+def test_sep_keyword_equals_attention_mask_as_sep_and_a_hand_built_mask():
+    model = tiny_model()
+    ids, positions = random_inputs(batch=3, length=9)
+    with torch.no_grad():
+        for sep in (torch.tensor([2, 9, 0]), 4):
+            by_keyword = model(ids, positions, sep=sep).logits
+            by_mask_argument = model(ids, positions, attention_mask=sep).logits
+            values = sep.tolist() if torch.is_tensor(sep) else [sep] * 3
+            by_hand = model(ids, positions, hand_mask(values, 9)).logits
+            torch.testing.assert_close(by_keyword, by_mask_argument, atol=0, rtol=0)
+            torch.testing.assert_close(by_keyword, by_hand, atol=1e-5, rtol=0)
+        # the GLMModel trunk takes it too
+        trunk = model.glm(ids, positions, sep=torch.tensor([2, 9, 0])).last_hidden_state
+        torch.testing.assert_close(trunk, model.glm(ids, positions, hand_mask([2, 9, 0], 9)).last_hidden_state)
+    with pytest.raises(ValueError, match="give sep or attention_mask, not both"):
+        model(ids, positions, attention_mask=3, sep=3)
+    with pytest.raises(ValueError, match="give sep or attention_mask, not both"):
+        model(ids, positions, hand_mask([3, 3, 3], 9), sep=3)
+
+
+def test_predict_at_gives_the_full_logits_at_those_positions_and_their_loss():
+    model = tiny_model()
+    ids, positions = random_inputs(batch=2, length=10)
+    sep = torch.tensor([4, 6])
+    labels = torch.randint(0, 97, (2, 10))
+    labels[0, :4], labels[1, :6], labels[1, 8] = -100, -100, -100
+    with torch.no_grad():
+        full = model(ids, positions, sep=sep).logits
+    for predict_at in (labels != -100, torch.rand(2, 10, generator=torch.Generator().manual_seed(1)) < 0.5):
+        with torch.no_grad():
+            out = model(ids, positions, sep=sep, labels=labels, predict_at=predict_at)
+        rows, columns = predict_at.nonzero(as_tuple=True)  # row-major: the flattened order
+        assert out.logits.shape == (int(predict_at.sum()), 97)
+        torch.testing.assert_close(out.logits, full[rows, columns], atol=1e-5, rtol=0)
+        wanted = labels[rows, columns]
+        expected = F.cross_entropy(full[rows, columns][wanted != -100], wanted[wanted != -100])
+        torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0)
+    # predicting at every labelled position: the loss of the whole batch
+    with torch.no_grad():
+        whole = model(ids, positions, sep=sep, labels=labels).loss
+        at_labels = model(ids, positions, sep=sep, labels=labels, predict_at=labels != -100).loss
+    expected = F.cross_entropy(full.flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(whole, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(at_labels, expected, atol=1e-5, rtol=0)

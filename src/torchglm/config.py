@@ -14,7 +14,11 @@ from transformers import PreTrainedConfig
 
 RELEASED_MODEL_TYPE = "glm"
 POOL_TOKENS = ("cls", "start", "pad")
-SPELL_FUNCS = ("lstm", "mlp", "none")
+# Released config.json files also hold keys that change nothing in the model: checkpoint_activations and
+# checkpoint_num_layers (training switches: parallel.activation_checkpointing here), output_predict and
+# parallel_output (the original's model-parallel output), attention_scale (its fp16 score rescaling: the same
+# attention for any value >= 1), spell_length and spell_func (P-tuning's prompt, a finetuning option). They are
+# kept as plain attributes, so folders round-trip, and never read.
 
 
 @strict(accept_kwargs=True)
@@ -47,18 +51,8 @@ class GLMConfig(PreTrainedConfig):
     output_dropout_prob: float = 0.1
     block_position_encoding: bool = True
     """Two position ids per token (text position, position inside the span); False gives 1-D positions."""
-    attention_scale: float = 1.0
-    """The original's fp16 overflow guard; mathematically the same attention for any value >= 1."""
     layernorm_epsilon: float = 1e-5
     initializer_range: float = 0.02
-    checkpoint_activations: bool = False
-    checkpoint_num_layers: int = 1
-    output_predict: bool = True
-    parallel_output: bool = True
-    spell_length: int | None = None
-    """P-tuning prompt length (the prompt encoder lives with the finetuning tasks)."""
-    spell_func: str = "lstm"
-    relative_encoding: bool = False
     pool_token: str = "cls"
     """Token whose hidden state the sequence-classification head pools: cls (index 0), start (sep), pad (sep-1)."""
     use_cache: bool = True
@@ -90,17 +84,13 @@ class GLMConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"GLMConfig.{name} must be in [0, 1), got {value!r}")
-        if self.attention_scale < 1.0:
-            raise ValueError(f"GLMConfig.attention_scale must be >= 1.0, got {self.attention_scale!r}")
-        if self.relative_encoding:
+        if getattr(self, "relative_encoding", False):
             raise ValueError(
                 "GLMConfig.relative_encoding=True (Transformer-XL relative positions) is not supported: "
                 "no released GLM checkpoint uses it"
             )
         if self.pool_token not in POOL_TOKENS:
             raise ValueError(f"GLMConfig.pool_token must be one of {POOL_TOKENS}, got {self.pool_token!r}")
-        if self.spell_func not in SPELL_FUNCS:
-            raise ValueError(f"GLMConfig.spell_func must be one of {SPELL_FUNCS}, got {self.spell_func!r}")
 
     @classmethod
     def get_config_dict(cls, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -18,7 +18,8 @@ to it; a padding query sees part A (so no attention row is empty). Part B starts
 decoding extends column by column), part A then padded on the right or the left (``pad_side``).
 
 :func:`build_batch` builds whole batches from Python lists (tokenizer builders, tasks, fill's contexts);
-:func:`extend_inputs` builds the positions and mask of blocks appended to a cached batch (the decoding core).
+:func:`block_columns` and :func:`extend_mask` build the columns and mask of blocks appended to a cached batch (the
+decoding core).
 The vectorised pretraining builder (``torchglm.data.blanks``) writes the same layout with numpy, for speed; a test
 checks it against :func:`build_batch` sample by sample.
 """

@@ -76,6 +76,9 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    # The in-process reference runs pin one thread (`_one_thread` below): a child with another thread count rounds
+    # its sums differently (CPU kernels split them by thread), and exact-resume comparisons would differ in the
+    # last digits. Forced, not defaulted: an OMP_NUM_THREADS=2 in the environment must not reach the children.
     env["OMP_NUM_THREADS"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env

@@ -102,7 +102,8 @@ def _greedy_or_sample(search: BlockSearch) -> list[list[Hypothesis] | None]:
 def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
     """Beam search over ``texts x beams`` rows, vectorized; finished hypotheses are kept per text, best first.
 
-    As in transformers: each step keeps the 2 * beams best continuations of all beams; those of the first
+    As in transformers: each step keeps the (1 + number of stop ids) * beams best continuations of all beams (at
+    least 2 * beams), so that at least ``beams`` of them do not end on a stop id; those of the first
     ``beams`` that end (an end token, or max_new_tokens reached) join the finished hypotheses, scored by summed
     log-probability / (generated tokens, end token included) ** length_penalty; the best ``beams`` that do not
     end continue. A text is done by ``early_stopping`` (see GenerationOptions) or at max_new_tokens.
@@ -123,7 +124,8 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
     best_tokens = torch.full((batch, beams, limit), pad, dtype=torch.long, device=device)
     best_lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
     best_stopped = torch.zeros((batch, beams), dtype=torch.bool, device=device)
-    first_k = torch.arange(2 * beams, device=device) < beams
+    width = max(2, 1 + len(search.stop_ids)) * beams  # candidates kept per step, as transformers keeps
+    first_k = torch.arange(width, device=device) < beams
     row_offsets = torch.arange(batch, device=device)[:, None] * beams
     for k in range(limit):
         feeds = ~done.repeat_interleave(beams)
@@ -131,7 +133,7 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
         log_probs = search.processors(block, F.log_softmax(logits.float(), dim=-1))  # [B*K, V]
         vocab = log_probs.shape[-1]
         candidates = (log_probs + beam_scores.view(-1, 1)).view(batch, beams * vocab)
-        top_scores, top_index = candidates.topk(min(2 * beams, beams * vocab), dim=1)  # [B, 2K], best first
+        top_scores, top_index = candidates.topk(min(width, beams * vocab), dim=1)  # [B, W], best first
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_stop = torch.isin(top_token, search.stop_ids)
         ends = is_stop | (k + 1 == limit)
@@ -139,7 +141,7 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
         # finished hypotheses: the candidate's block (minus the start) plus its token unless it is the end token
         history = block[:, 1:].view(batch, beams, k).gather(1, top_beam[..., None].expand(-1, -1, k))
         candidate_tokens = torch.cat([history, torch.where(is_stop, pad, top_token)[..., None]], dim=2)
-        candidate_tokens = F.pad(candidate_tokens, (0, limit - k - 1), value=pad)  # [B, 2K, limit]
+        candidate_tokens = F.pad(candidate_tokens, (0, limit - k - 1), value=pad)  # [B, W, limit]
         finishing = ends & first_k[: ends.shape[1]] & ~done[:, None] & torch.isfinite(top_scores)
         normalized = torch.where(finishing, top_scores / float(k + 1) ** penalty, float("-inf"))
         merged_scores = torch.cat([best_scores, normalized], dim=1)

@@ -117,10 +117,9 @@ class DecodingState:
 
     def _forward(self, input_ids, position_ids, real: torch.Tensor) -> torch.Tensor:
         """Feed columns after the cache; ``real [R, W]`` says which are tokens. Returns hidden states."""
-        mask = extend_mask(self.visible, real)
-        self.visible = torch.cat([self.visible, real], dim=1)
         self.padded = self.padded or not bool(real.all())
-        mask = mask if self.padded else None
+        mask = extend_mask(self.visible, real) if self.padded else None  # None: every key visible, SDPA's fast path
+        self.visible = torch.cat([self.visible, real], dim=1)
         return self.model.glm(input_ids, position_ids, mask, cache=self.cache, use_cache=True).last_hidden_state
 
     def step(

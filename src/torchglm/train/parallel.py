@@ -102,9 +102,16 @@ def init_distributed(device_preference: str, tp_size: int, backend: str = "auto"
     )
 
 
-def close_distributed() -> None:
+def close_distributed(orderly: bool = True) -> None:
+    """Leave the process group. ``orderly`` (a run that ended normally): a barrier first, so that no rank tears its
+    connections down while a peer is still inside a collective (with gloo, a peer that sees its connection closed
+    mid-operation aborts). After an error there is no barrier: the peers may never reach it."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if orderly:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------------------------

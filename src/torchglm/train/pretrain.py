@@ -311,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         train(plan)
-    finally:
-        close_distributed()
+    except BaseException:
+        close_distributed(orderly=False)
+        raise
+    close_distributed()
     return 0

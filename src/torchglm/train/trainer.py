@@ -267,7 +267,7 @@ class Trainer:
         path = self.checkpointer.save(
             self.step,
             self.state_dict(),
-            {"data": self.train_data.state_dict(), "rng": rng_state()},
+            {"data": self.train_data.state_dict(), "rng": rng_state(), "threads": torch.get_num_threads()},
             model=self.model,
             optimizer=self.optimizer,
         )
@@ -289,6 +289,14 @@ class Trainer:
             )
         self.train_data.load_state_dict(rank_state["data"])
         set_rng_state(rank_state["rng"])
+        threads = rank_state.get("threads")
+        if self.world.device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+            # CPU kernels split their sums by thread: another thread count rounds differently.
+            logger.warning(
+                "%s was saved by a process with %d CPU threads, this one has %d: the resumed losses will match "
+                "the uninterrupted run's to rounding, not bit for bit (set OMP_NUM_THREADS=%d for that)",
+                path, threads, torch.get_num_threads(), threads,
+            )  # fmt: skip
         self.metrics.log({"event": "resume", "step": self.step, "checkpoint": str(path)})
         self.metrics.message(f"resumed from {path} at step {self.step}")
 
