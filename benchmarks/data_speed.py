@@ -98,11 +98,11 @@ def main() -> None:
                 builder = BlankInfillingBuilder(config, shards.special_ids, dataset.sentence_ends)
                 stream = PretrainBatches(dataset, builder, batch_size)
                 rate, stats = samples_per_second(stream, args.seconds)
-                tasks = {k.split("/")[1]: v for k, v in stats.items() if k.startswith("samples/")}
+                modes = {k.split("/")[1]: v for k, v in stats.items() if k.startswith("samples/")}
                 print(
                     f"  samples/s, 512 tokens, multi-task mix, batch {batch_size}: {rate:,.0f}  "
                     f"({rate / ORIGINAL_SAMPLES_PER_S:.1f}x the original's {ORIGINAL_SAMPLES_PER_S:.0f}; "
-                    f"target >= 6,700)  tasks {tasks}"
+                    f"target >= 6,700)  blank modes {modes}"
                 )
             texts = dataset.get_batch(np.arange(args.batch_size))
             start, n = time.perf_counter(), 0

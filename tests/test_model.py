@@ -635,3 +635,35 @@ def test_predict_at_gives_the_full_logits_at_those_positions_and_their_loss():
     expected = F.cross_entropy(full.flatten(0, 1), labels.flatten())
     torch.testing.assert_close(whole, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(at_labels, expected, atol=1e-5, rtol=0)
+
+
+def test_multiple_choice_inputs_from_ids_score_each_choice_as_alone():
+    """inputs_for_choices lays out contexts of different lengths with their choices (through torchglm.layout):
+    every score equals the choice run alone after its context, and the cached core's score() agrees."""
+    from torchglm.generation import score
+    from torchglm.layout import Block
+
+    lm = tiny_model()
+    mc = GLMForMultipleChoice(lm.config).eval()
+    mc.load_state_dict(lm.state_dict())
+    generator = torch.Generator().manual_seed(5)
+    contexts = [torch.randint(4, 97, (n,), generator=generator) for n in (7, 4)]
+    for context in contexts:
+        context[-1] = 3  # the blank, last: brute_force_choice_score's layout
+    choices = [[[5, 9, 11], [7]], [[8, 8], [20, 30, 40, 50], [6]]]
+    inputs = GLMForMultipleChoice.inputs_for_choices(
+        [c.tolist() for c in contexts], choices, blank_ids=[3], sop_id=1, pad_id=0
+    )
+    with torch.no_grad():
+        logits = mc(**inputs).logits
+        for b, (context, row) in enumerate(zip(contexts, choices, strict=True)):
+            n = len(context)
+            positions = torch.stack([torch.arange(n), torch.zeros(n, dtype=torch.long)])
+            for c, choice in enumerate(row):
+                expected = brute_force_choice_score(lm, context, positions, n, torch.tensor(choice))
+                torch.testing.assert_close(logits[b, c], expected, atol=1e-5, rtol=1e-5)
+        assert logits[0, 2] == 0  # sample 0 has two choices: the third is padding, scored 0
+    cached = score(lm, [c.tolist() for c in contexts], [[Block.span(1, ch, len(c) - 1) for ch in row]
+                   for c, row in zip(contexts, choices, strict=True)])  # fmt: skip
+    for b, row in enumerate(cached):
+        assert [s.log_prob for s in row] == pytest.approx(logits[b, : len(row)].tolist(), abs=1e-5)

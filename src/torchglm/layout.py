@@ -216,6 +216,23 @@ def _mask(a_start, a_len, b_start, block_index, blocks_see_each_other: bool) -> 
     return (keys_a | linked)[:, None]
 
 
+def block_targets(batch: GLMBatch, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each block's labels and the columns that predict them, ``[B, num_blocks, T]`` each (padded with -100 and
+    0): the ``choice_ids`` / ``choice_indices`` of ``GLMForMultipleChoice`` when block k is choice k."""
+    labels, block_index = batch["labels"], batch["block_index"]
+    scored = labels != -100
+    per_choice = [[(block_index[b] == c) & scored[b] for c in range(num_blocks)] for b in range(len(labels))]
+    longest = max((int(m.sum()) for row in per_choice for m in row), default=0)
+    choice_ids = torch.full((len(labels), num_blocks, longest), -100, dtype=torch.long)
+    choice_indices = torch.zeros((len(labels), num_blocks, longest), dtype=torch.long)
+    for b, row in enumerate(per_choice):
+        for c, keep in enumerate(row):
+            columns = keep.nonzero().flatten()
+            choice_ids[b, c, : len(columns)] = labels[b, columns]
+            choice_indices[b, c, : len(columns)] = columns
+    return choice_ids, choice_indices
+
+
 def block_columns(blocks: Sequence[Block | None], pad_id: int, device=None) -> GLMBatch:
     """One block per row (None: nothing), padded to the longest: the columns a cached batch is extended by.
 

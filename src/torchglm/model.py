@@ -12,6 +12,7 @@ Parameter names are those of the released checkpoints, so they load without rena
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 
 from torchglm.config import GLMConfig
+from torchglm.layout import Block, GLMBatch, Sample, block_targets, build_batch, model_inputs
 from torchglm.ops import Dropout, Linear, attention, linear
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -58,11 +60,12 @@ def build_attention_mask(
             raise ValueError(f"sep = {bad} is outside [0, {key_length}] (the key length)")
         if query_length == 1:
             return None, False  # one new token sees every key before it and itself, whatever sep is
-        if sep.dim() == 0:
-            if int(sep) >= key_length:
+        if low == high:  # one sep for the whole batch (a scalar, or every sample alike): SDPA's fast paths apply
+            if low >= key_length:
                 return None, False  # fully bidirectional
-            if int(sep) == 0 and past_length == 0:
+            if low == 0 and past_length == 0:
                 return None, True
+            sep = sep.reshape(-1)[:1]
         keys = torch.arange(key_length, device=device)
         queries = torch.arange(past_length, key_length, device=device)
         causal = keys[None, :] <= queries[:, None]  # [Lq, Lk]
@@ -566,6 +569,29 @@ class GLMForMultipleChoice(TiedOutputHead, GLMPreTrainedModel):
             scores = scores.reshape(-1, num_choices)
         loss = F.cross_entropy(scores, labels.to(scores.device)) if labels is not None else None
         return GLMMultipleChoiceOutput(loss=loss, logits=scores)
+
+    @staticmethod
+    def inputs_for_choices(
+        contexts: Sequence[Sequence[int]],
+        choices: Sequence[Sequence[Sequence[int]]],
+        *,
+        blank_ids: Sequence[int],
+        sop_id: int,
+        pad_id: int,
+    ) -> GLMBatch:
+        """The packed inputs of ``forward`` from token ids: ``choices[b]`` are sample b's choices (the token ids
+        filling the first blank of ``contexts[b]``), each its own block after the context, seeing it and no
+        other choice. Laid out by :mod:`torchglm.layout`, as the tokenizer's ``build_inputs_for_multiple_choice``
+        is; ``choice_ids`` / ``choice_indices`` come with it."""
+        samples = []
+        for i, (context, row) in enumerate(zip(contexts, choices, strict=True)):
+            blank = next((k for k, t in enumerate(context) if t in set(blank_ids)), None)
+            if blank is None:
+                raise ValueError(f"context {i} has no blank (none of the ids {sorted(blank_ids)})")
+            samples.append(Sample(context, [Block.span(sop_id, choice, blank) for choice in row]))
+        batch = build_batch(samples, pad_id=pad_id, blocks_see_each_other=False)
+        choice_ids, choice_indices = block_targets(batch, max(len(row) for row in choices))
+        return {**model_inputs(batch), "choice_ids": choice_ids, "choice_indices": choice_indices}
 
 
 def _fold_choices(mask, rows: int):

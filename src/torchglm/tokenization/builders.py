@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchEncoding
 
-from torchglm.layout import Block, Sample, build_batch
+from torchglm.layout import Block, Sample, block_targets, build_batch
 
 
 def _contexts(tokenizer, model_input) -> tuple[list[list[int]], int, str]:
@@ -153,7 +153,7 @@ def build_inputs_for_multiple_choice(tokenizer, model_input, choices, max_length
         )  # fmt: skip
     except ValueError as error:
         raise ValueError(f"a context with its choices is over max_length={max_length}: {error}") from error
-    choice_ids, choice_indices = choice_targets(batch, max(len(row) for row in choices))
+    choice_ids, choice_indices = block_targets(batch, max(len(row) for row in choices))
     return BatchEncoding(
         {
             "input_ids": batch["input_ids"],
@@ -163,20 +163,3 @@ def build_inputs_for_multiple_choice(tokenizer, model_input, choices, max_length
             "choice_indices": choice_indices,
         }
     )
-
-
-def choice_targets(batch, num_choices: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``choice_ids`` and ``choice_indices`` ``[B, C, T]`` of a batch whose k-th block is choice k: each choice's
-    labels (padded with -100) and the columns that predict them (padded with 0)."""
-    labels, block_index = batch["labels"], batch["block_index"]
-    scored = labels != -100
-    per_choice = [[(block_index[b] == c) & scored[b] for c in range(num_choices)] for b in range(len(labels))]
-    longest = max((int(m.sum()) for row in per_choice for m in row), default=0)
-    choice_ids = torch.full((len(labels), num_choices, longest), -100, dtype=torch.long)
-    choice_indices = torch.zeros((len(labels), num_choices, longest), dtype=torch.long)
-    for b, row in enumerate(per_choice):
-        for c, keep in enumerate(row):
-            columns = keep.nonzero().flatten()
-            choice_ids[b, c, : len(columns)] = labels[b, columns]
-            choice_indices[b, c, : len(columns)] = columns
-    return choice_ids, choice_indices
