@@ -583,9 +583,9 @@ class GLMForMultipleChoice(TiedOutputHead, GLMPreTrainedModel):
         filling the first blank of ``contexts[b]``), each its own block after the context, seeing it and no
         other choice. Laid out by :mod:`torchglm.layout`, as the tokenizer's ``build_inputs_for_multiple_choice``
         is; ``choice_ids`` / ``choice_indices`` come with it."""
-        samples = []
+        samples, blank_set = [], set(blank_ids)
         for i, (context, row) in enumerate(zip(contexts, choices, strict=True)):
-            blank = next((k for k, t in enumerate(context) if t in set(blank_ids)), None)
+            blank = next((k for k, t in enumerate(context) if t in blank_set), None)
             if blank is None:
                 raise ValueError(f"context {i} has no blank (none of the ids {sorted(blank_ids)})")
             samples.append(Sample(context, [Block.span(sop_id, choice, blank) for choice in row]))

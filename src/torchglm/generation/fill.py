@@ -27,7 +27,7 @@ from torchglm.layout import Block
 
 from .options import GenerationOptions, build_logits_processors
 from .search import BlockSearch, Hypothesis, search_block
-from .state import DecodingState
+from .state import DecodingState, check_contexts
 
 TokenCallback = Callable[[int, int, int], None]  # (sample, blank, token id)
 
@@ -50,22 +50,6 @@ class BlankFill:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Id-level API
-
-
-def check_contexts(contexts: Sequence[Sequence[int]], config, blank_set=None) -> None:
-    """Every context non-empty, inside the vocabulary and the positions (and holding a blank, if given)."""
-    for i, context in enumerate(contexts):
-        if not context:
-            raise ValueError(f"context {i} is empty")
-        if min(context) < 0 or max(context) >= config.vocab_size:
-            raise ValueError(f"context {i} holds ids outside the vocabulary [0, {config.vocab_size - 1}]")
-        if len(context) > config.max_sequence_length:
-            raise ValueError(
-                f"context {i} has {len(context)} tokens; the model's positions stop at "
-                f"max_sequence_length={config.max_sequence_length}"
-            )
-        if blank_set is not None and not any(t in blank_set for t in context):
-            raise ValueError(f"context {i} has no blank (none of the ids {sorted(blank_set)})")
 
 
 @torch.inference_mode()

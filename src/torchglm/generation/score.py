@@ -14,7 +14,7 @@ import torch
 
 from torchglm.layout import Block, block_columns
 
-from .state import DecodingState
+from .state import DecodingState, check_contexts
 
 
 @dataclass
@@ -52,12 +52,9 @@ def score(
     """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} lists of continuations")
-    limit, vocab = model.config.max_sequence_length, model.config.vocab_size
-    for i, (context, blocks) in enumerate(zip(contexts, continuations, strict=True)):
-        if not context:
-            raise ValueError(f"context {i} is empty")
-        if len(context) > limit:
-            raise ValueError(f"context {i} has {len(context)} tokens; the model's positions stop at {limit}")
+    check_contexts(contexts, model.config)
+    vocab = model.config.vocab_size
+    for i, blocks in enumerate(continuations):
         for j, block in enumerate(blocks):
             if block.labels is None or all(t == -100 for t in block.labels):
                 raise ValueError(f"continuation {j} of context {i} has no labels: nothing to score")
@@ -81,8 +78,9 @@ def _score_chunk(model, contexts, continuations, pad_id: int) -> list[list[Conti
     state.reorder(
         torch.repeat_interleave(torch.arange(len(contexts), device=device), torch.tensor(counts, device=device))
     )
-    hidden = state.append(flat)  # [N, W, H]
-    labels = block_columns(flat, pad_id, device=device)["labels"]
+    columns = block_columns(flat, pad_id, device=device)
+    hidden = state.append_columns(columns)  # [N, W, H]
+    labels = columns["labels"]
     scored = labels != -100
     log_probs, is_argmax = model.target_log_probs(hidden[scored], labels[scored])
     per_row = scored.sum(1).tolist()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from transformers import Cache, DynamicLayer
 
-from torchglm.layout import Block, Sample, block_columns, build_batch, extend_mask
+from torchglm.layout import Block, GLMBatch, Sample, block_columns, build_batch, extend_mask
 
 
 class BufferLayer(DynamicLayer):
@@ -79,6 +79,22 @@ class BufferLayer(DynamicLayer):
         self._rebuffer(lambda buffer: buffer[indices])
 
 
+def check_contexts(contexts: Sequence[Sequence[int]], config, blank_set=None) -> None:
+    """Every context non-empty, inside the vocabulary and the positions (and holding a blank, if given)."""
+    for i, context in enumerate(contexts):
+        if not context:
+            raise ValueError(f"context {i} is empty")
+        if min(context) < 0 or max(context) >= config.vocab_size:
+            raise ValueError(f"context {i} holds ids outside the vocabulary [0, {config.vocab_size - 1}]")
+        if len(context) > config.max_sequence_length:
+            raise ValueError(
+                f"context {i} has {len(context)} tokens; the model's positions stop at "
+                f"max_sequence_length={config.max_sequence_length}"
+            )
+        if blank_set is not None and not any(t in blank_set for t in context):
+            raise ValueError(f"context {i} has no blank (none of the ids {sorted(blank_set)})")
+
+
 class DecodingState:
     """A batch's KV cache and what each row may see. Example::
 
@@ -133,10 +149,14 @@ class DecodingState:
 
     def append(self, blocks: Sequence[Block | None]) -> torch.Tensor:
         """Feed one whole block per row (None: nothing), causal inside; returns their hidden states ``[R, W, H]``
-        (padding columns included; ``block_columns(blocks)`` tells which are which)."""
+        (padding columns included)."""
         if len(blocks) != self.rows:
             raise ValueError(f"{len(blocks)} blocks for {self.rows} rows")
-        columns = block_columns(blocks, self.pad_id, device=self.visible.device)
+        return self.append_columns(block_columns(blocks, self.pad_id, device=self.visible.device))
+
+    def append_columns(self, columns: GLMBatch) -> torch.Tensor:
+        """:meth:`append` of blocks already laid out by ``torchglm.layout.block_columns`` (whose ``labels`` and
+        ``block_index`` then say which hidden states to score)."""
         if columns["input_ids"].shape[1] == 0:
             return self.visible.new_zeros((self.rows, 0, self.model.config.hidden_size), dtype=torch.float32)
         real = columns["block_index"] >= 0
