@@ -19,13 +19,7 @@ BLANKS = [92, 93, 94]  # [MASK], [sMASK], [gMASK] of the tiny vocabulary
 IDS = dict(blank_ids=BLANKS, sop_id=SOP, stop_ids=[EOP, EOS], pad_id=PAD)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread hand-offs cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(vocab_size=VOCAB, max_sequence_length=64, seed=0, **overrides):

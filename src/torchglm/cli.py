@@ -11,12 +11,15 @@ import argparse
 import importlib
 import sys
 
+from torchglm.errors import InputError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with add_arguments/run, one-line help)
     "fill": ("torchglm.fill_cli", "fill the [MASK]/[sMASK]/[gMASK] blanks of texts, or continue them"),
     "convert": ("torchglm.convert", "convert original or released checkpoints to torchglm folders"),
     "pretrain": ("torchglm.train.pretrain", "pretrain GLM (one process, or torchrun: FSDP2 / TP / DeepSpeed)"),
     "prepare-data": ("torchglm.data.prepare", "tokenize corpora into memory-mapped token shards (resumable)"),
+    "evaluate": ("torchglm.evaluate_cli", "zero-shot LAMBADA, perplexity, multiple choice; lm-eval backend"),
 }
 
 
@@ -41,8 +44,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(usage)
         return 0 if argv else 2
-    args = command_parser(argv[0]).parse_args(argv[1:])
-    return int(args._run(args) or 0)
+    parser = command_parser(argv[0])
+    args, unknown = parser.parse_known_args(argv[1:])
+    if getattr(args, "pass_through", None):  # a command wrapping another tool's command line gets the rest
+        setattr(args, args.pass_through, unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return int(args._run(args) or 0)
+    except InputError as error:
+        print(f"torchglm {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,227 @@
+"""Zero-shot evaluation: LAMBADA accuracy, perplexity (WikiText or any UTF-8 text), multiple choice, lm-eval.
+
+torchglm evaluate lambada --model DIR [--data lambada_test.jsonl] [--unidirectional] [--output results.json]
+torchglm evaluate wikitext --model DIR [--data wiki.test.tokens] [--seq-length 512] [--overlap 256]
+torchglm evaluate multichoice --model DIR --data choices.jsonl [--length-normalize]
+torchglm evaluate harness --model DIR --tasks TASK [--include_path DIR] [any other lm_eval run option]
+
+--data defaults to the copies in ../shared/data when run from a torchglm checkout. Each run prints a summary
+line; --output writes a results JSON (metric, counts, settings, model, data file and its SHA-256, and a row per
+example or window) and a log next to it. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from torchglm.errors import InputError
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DATA = {
+    "lambada": "../shared/data/lambada/lambada_test.jsonl",
+    "wikitext": "../shared/data/wikitext/wikitext-103/wiki.test.tokens",
+}
+log = logging.getLogger("torchglm.evaluate")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="checkpoint folder (config.json + weights + tokenizer files)")
+    common.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    common.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    common.add_argument("--dtype", choices=DTYPES, default="float32")
+    layout = argparse.ArgumentParser(add_help=False)
+    layout.add_argument("--data", help="data file (default: the ../shared/data copy, where there is one)")
+    layout.add_argument("--seq-length", type=int, help="sequence length (default: the model's positions)")
+    layout.add_argument("--unidirectional", action="store_true", help="context read left to right, in part B")
+    layout.add_argument("--mask", choices=["MASK", "sMASK", "gMASK"], help="blank token (default [gMASK] if any)")
+    layout.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    layout.add_argument("--limit", type=int, help="only the first N examples (wikitext: the first N lines)")
+    layout.add_argument("--output", help="results JSON (a .log file is written beside it)")
+    layout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    kinds = {"formatter_class": argparse.RawDescriptionHelpFormatter, "parents": [common, layout]}
+    tasks.add_parser("lambada", help="LAMBADA last-word accuracy", **kinds)
+    text = tasks.add_parser("wikitext", help="perplexity of a WikiText .tokens file or any UTF-8 text", **kinds)
+    text.add_argument("--overlap", type=int, default=256, help="tokens each later window scores (default 256)")
+    text.add_argument(
+        "--detokenize", choices=["auto", "wikitext", "none"], default="auto", help="auto: for .tokens files"
+    )
+    choice = tasks.add_parser("multichoice", help="zero-shot multiple choice from a JSON-lines file", **kinds)
+    choice.add_argument("--length-normalize", action="store_true", help="rank choices by mean token log-prob")
+    harness = tasks.add_parser(
+        "harness",
+        help="lm-evaluation-harness (pip install torchglm[eval]): other options go to lm_eval run",
+        parents=[common],
+    )
+    harness.set_defaults(pass_through="harness_args")  # cli.main hands unknown options to lm_eval
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task == "harness":
+        return run_harness(args)
+    if not args.model:
+        raise InputError(
+            "no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
+            "(config.json, weights and tokenizer files), e.g. a released GLM folder."
+        )
+    data = args.data or DEFAULT_DATA.get(args.task)
+    if data is None:
+        raise InputError(f"evaluate {args.task} needs --data FILE")
+    if not Path(data).is_file():
+        raise InputError(f"--data {data}: no such file" + ("" if args.data else " (the default; pass --data)"))
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: must be at least 1")
+    output = Path(args.output) if args.output else None
+    _setup_logging(output)
+
+    from torchglm.fill_cli import load
+
+    try:
+        model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {args.model}: cannot load a GLM from it ({error})") from None
+    log.info("torchglm evaluate %s: model %s (%s, %s), data %s", args.task, args.model, args.dtype, args.device, data)
+    started = time.perf_counter()
+    result, units = _evaluate(args, model, tokenizer, data)
+    elapsed = time.perf_counter() - started
+    record = result.to_dict() | {
+        "model": str(args.model),
+        "data": str(data),
+        "data_sha256": _sha256(data),
+        "dtype": args.dtype,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "seconds": round(elapsed, 3),
+        f"{units}_per_second": round(_count(result, units) / elapsed, 3) if elapsed > 0 else None,
+    }
+    log.info("%s  [%.1f s]", result.summary(), elapsed)
+    if output is not None:
+        write_json_atomic(output, record)
+        log.info("results: %s", output)
+    return 0
+
+
+def _evaluate(args, model, tokenizer, data):
+    from torchglm.tasks import language_model as lm
+    from torchglm.tasks import multiple_choice as mc
+
+    common = {"seq_length": args.seq_length, "unidirectional": args.unidirectional, "mask": args.mask}
+    common["batch_size"] = args.batch_size
+    if args.task == "lambada":
+        examples = lm.read_lambada(data, tokenizer)[: args.limit]
+        with _progress(args, len(examples), "examples") as progress:
+            return lm.evaluate_lambada(model, tokenizer, examples, progress=progress, **common), "examples"
+    if args.task == "multichoice":
+        examples = mc.read_multiple_choice(data)[: args.limit]
+        with _progress(args, sum(len(e.choices) for e in examples), "choices") as progress:
+            result = mc.evaluate_multiple_choice(
+                model, tokenizer, examples, length_normalize=args.length_normalize, progress=progress, **common
+            )
+            return result, "examples"
+    detokenize = {"auto": None, "wikitext": True, "none": False}[args.detokenize]
+    text = lm.read_perplexity_text(data, detokenize=detokenize, lines=args.limit)
+    tokens = lm.encode(tokenizer, text.text)
+    seq_length = lm.check_seq_length(args.seq_length, model)
+    windows = len(lm.perplexity_windows(len(tokens), seq_length, args.overlap))
+    with _progress(args, windows, "windows") as progress:
+        result = lm.evaluate_perplexity(
+            model, tokenizer, text, tokens=tokens, overlap=args.overlap, progress=progress, **common
+        )
+        return result, "tokens"
+
+
+def _count(result, units: str) -> int:
+    return {"examples": getattr(result, "total", 0), "tokens": getattr(result, "num_tokens", 0)}[units]
+
+
+class _progress:
+    """A tqdm bar (rate and ETA) on stderr, as a ``progress(n)`` callback; nothing with --no-progress."""
+
+    def __init__(self, args, total: int, unit: str):
+        self.bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit.rstrip("s"), desc=args.task, file=sys.stderr, dynamic_ncols=True)
+
+    def __enter__(self):
+        return self.bar.update if self.bar is not None else None
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _setup_logging(output: Path | None) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    terminal = logging.StreamHandler(sys.stdout)
+    terminal.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(terminal)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(output.with_suffix(".log"), encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(to_file)
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, record: dict) -> None:
+    """Write to a temporary file in the same folder, then rename: a killed run leaves the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(record, out, indent=1, ensure_ascii=False)
+            out.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def run_harness(args: argparse.Namespace) -> int:
+    """lm-eval's own ``run`` command with the ``torchglm`` backend registered; ``--model DIR`` becomes
+    ``--model torchglm --model_args pretrained=DIR,...``."""
+    try:
+        import lm_eval.__main__ as lm_eval_main
+    except ImportError:
+        raise InputError("the lm-eval backend needs lm-eval: pip install 'torchglm[eval]'") from None
+    import torchglm.tasks.harness  # noqa: F401  (registers --model torchglm)
+
+    rest = list(args.harness_args)
+    if args.model:
+        extra = [f"pretrained={args.model}", f"dtype={args.dtype}"]
+        if "--model_args" in rest:
+            at = rest.index("--model_args") + 1
+            rest[at] = ",".join(extra + [rest[at]])
+        else:
+            rest += ["--model_args", ",".join(extra)]
+        if "--device" not in rest:
+            rest += ["--device", args.device]
+    argv = sys.argv
+    sys.argv = ["lm_eval", "run", "--model", "torchglm", *rest]
+    try:
+        lm_eval_main.cli_evaluate()
+    finally:
+        sys.argv = argv
+    return 0

@@ -1,0 +1,331 @@
+"""Zero-shot language modelling as the original GLM evaluates it: LAMBADA accuracy and text perplexity.
+
+- **LAMBADA**: each passage's last word (``" " + word``, tokenized) is the answer, scored at a final blank after
+  the rest of the passage; an example is correct only if every answer token is the model's argmax.
+- **Perplexity** (WikiText ``.tokens`` files, detokenized as the original does, or any UTF-8 text): the whole file
+  tokenized, scored in windows of ``seq_length - 1`` tokens, each token after the first exactly once. Token-level
+  perplexity ``exp(total / (tokens - 1))``; word-level "adjusted" perplexity ``exp(total / (words - 1))``, words
+  counted in the original text, so that models with different tokenizers compare.
+
+The layouts are in :mod:`torchglm.tasks.scoring`; see docs/evaluation.md for the numbers' meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchglm.errors import InputError
+
+from .scoring import (
+    Progress,
+    PromptIds,
+    WindowSpan,
+    check_seq_length,
+    encode,
+    score_final_blank,
+    score_windows,
+    window_spans,
+)
+
+# ---- reading files -------------------------------------------------------------------------------------------
+
+
+def read_text_file(path: str | Path) -> str:
+    """A whole UTF-8 file; an empty or undecodable one is an :class:`InputError` naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError.at(path, None, f"cannot read ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError.at(path, line, f"not UTF-8 (byte {error.start} of the file)") from None
+    if not text.strip():
+        raise InputError.at(path, None, "the file is empty: nothing to evaluate")
+    return text
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file."""
+    records = []
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError.at(path, number, f"not JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError.at(path, number, "expected a JSON object")
+        records.append((number, record))
+    return records
+
+
+def text_field(path, number: int, record: dict, name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        what = "missing" if name not in record else f"not a string ({type(value).__name__})"
+        raise InputError.at(path, number, f'field "{name}" is {what}')
+    return value
+
+
+# ---- LAMBADA -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LambadaExample:
+    context_ids: list[int]
+    answer_ids: list[int]
+    line: int = 0
+    """1-based line of the example in its file (0: built in memory)."""
+
+
+def split_last_word(text: str) -> tuple[str, str]:
+    """``(context, last word)``: the last whitespace-separated word, the text before its last occurrence stripped
+    (the original's rule)."""
+    words = text.split()
+    if not words:
+        raise ValueError("the text has no last word")
+    word = words[-1]
+    return text[: text.rfind(word)].strip(), word
+
+
+def lambada_example(tokenizer, text: str, line: int = 0) -> LambadaExample:
+    context, word = split_last_word(text)
+    return LambadaExample(
+        encode(tokenizer, context),
+        encode(tokenizer, " " + word),
+        line,
+    )
+
+
+def read_lambada(path: str | Path, tokenizer) -> list[LambadaExample]:
+    """LAMBADA examples from a JSON-lines file of ``{"text": passage}`` (the GPT-2 detokenized test set)."""
+    examples = []
+    for number, record in read_jsonl(path):
+        text = text_field(path, number, record, "text")
+        try:
+            example = lambada_example(tokenizer, text, number)
+        except ValueError as error:
+            raise InputError.at(path, number, f'field "text": {error}') from None
+        if not example.answer_ids:
+            raise InputError.at(path, number, f'field "text": the last word {text.split()[-1]!r} has no tokens')
+        examples.append(example)
+    if not examples:
+        raise InputError.at(path, None, "no examples")
+    return examples
+
+
+@dataclass
+class LambadaResult:
+    accuracy: float
+    correct: int
+    total: int
+    settings: dict
+    examples: list[dict] = field(default_factory=list)
+    """Per example: ``line``, ``nll`` (answer's summed negative log-likelihood), ``tokens``, ``correct``."""
+
+    def summary(self) -> str:
+        mode = "unidirectional" if self.settings.get("unidirectional") else "bidirectional"
+        return f"LAMBADA ({mode}): accuracy {self.accuracy:.4f} ({self.correct}/{self.total})"
+
+    def to_dict(self) -> dict:
+        return {"task": "lambada", "metric": "accuracy", "accuracy": self.accuracy, "correct": self.correct,
+                "total": self.total, "settings": self.settings, "examples": self.examples}  # fmt: skip
+
+
+def evaluate_lambada(
+    model,
+    tokenizer,
+    examples: Sequence[LambadaExample],
+    *,
+    seq_length: int | None = None,
+    unidirectional: bool = False,
+    batch_size: int = 16,
+    mask: str | None = None,
+    progress: Progress | None = None,
+) -> LambadaResult:
+    """LAMBADA accuracy of ``model`` (eval mode) on ``examples``; ``seq_length`` defaults to the model's positions
+    (longer contexts lose tokens from the left)."""
+    seq_length = check_seq_length(seq_length, model)
+    ids = PromptIds.from_tokenizer(tokenizer, mask)
+    scores = score_final_blank(
+        model,
+        ids,
+        [e.context_ids for e in examples],
+        [[e.answer_ids] for e in examples],
+        seq_length=seq_length,
+        unidirectional=unidirectional,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    rows = [
+        {"line": e.line, "nll": -s.log_prob, "tokens": s.num_tokens, "correct": s.is_greedy}
+        for e, [s] in zip(examples, scores, strict=True)
+    ]
+    correct = sum(r["correct"] for r in rows)
+    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "mask_id": ids.mask}
+    return LambadaResult(correct / max(len(rows), 1), correct, len(rows), settings, rows)
+
+
+# ---- perplexity ----------------------------------------------------------------------------------------------
+
+# The original's WikiText detokenizer, as (pattern, replacement) rules applied in order: WikiText's tokenization
+# put spaces around punctuation and wrote "1,000" as "1 @,@ 000"; these rules undo it.
+_LITERAL, _REGEX = 0, 1
+WIKITEXT_RULES: tuple[tuple[int, str, str], ...] = (
+    # contractions
+    (_LITERAL, "s '", "s'"),
+    # number separators
+    (_LITERAL, " @-@ ", "-"),
+    (_LITERAL, " @,@ ", ","),
+    (_LITERAL, " @.@ ", "."),
+    # punctuation
+    (_LITERAL, " : ", ": "),
+    (_LITERAL, " ; ", "; "),
+    (_LITERAL, " . ", ". "),
+    (_LITERAL, " ! ", "! "),
+    (_LITERAL, " ? ", "? "),
+    (_LITERAL, " , ", ", "),
+    # brackets and quotes: no space inside
+    (_REGEX, r"\(\s*([^\)]*?)\s*\)", r"(\1)"),
+    (_REGEX, r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+    (_REGEX, r"{\s*([^}]*?)\s*}", r"{\1}"),
+    (_REGEX, r"\"\s*([^\"]*?)\s*\"", r'"\1"'),
+    (_REGEX, r"'\s*([^']*?)\s*'", r"'\1'"),
+    # headings, degrees, line ends
+    (_LITERAL, "= = = =", "===="),
+    (_LITERAL, "= = =", "==="),
+    (_LITERAL, "= =", "=="),
+    (_LITERAL, " \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+    (_LITERAL, " \n", "\n"),
+    (_LITERAL, "\n ", "\n"),
+    (_LITERAL, " N ", " 1 "),
+    (_LITERAL, " 's", "'s"),
+)
+_COMPILED = [(kind, re.compile(a) if kind == _REGEX else a, b) for kind, a, b in WIKITEXT_RULES]
+
+
+def wikitext_detokenize(text: str) -> str:
+    """WikiText ``.tokens`` text back to ordinary text (``"guest @-@ starring role , the"`` ->
+    ``"guest-starring role, the"``), as the original's detokenizer does."""
+    for kind, pattern, replacement in _COMPILED:
+        text = pattern.sub(replacement, text) if kind == _REGEX else text.replace(pattern, replacement)
+    return text
+
+
+def is_wikitext(path: str | Path) -> bool:
+    return Path(path).name.endswith(".tokens")
+
+
+@dataclass
+class PerplexityText:
+    """A text to score and its word count (what the word-level perplexity divides by)."""
+
+    text: str
+    num_words: int
+    source: str = ""
+
+
+def read_perplexity_text(path: str | Path, detokenize: bool | None = None, lines: int | None = None) -> PerplexityText:
+    """A whole file (or its first ``lines``) for perplexity. WikiText ``.tokens`` files (or ``detokenize=True``)
+    are detokenized and their words counted as the original counts them (``len(text.strip().split(" "))``
+    before detokenizing); other files are read as they are, words counted by whitespace."""
+    raw = read_text_file(path)
+    if lines is not None:
+        raw = "".join(raw.splitlines(keepends=True)[:lines])
+    wikitext = is_wikitext(path) if detokenize is None else detokenize
+    if wikitext:
+        return PerplexityText(wikitext_detokenize(raw), len(raw.strip().split(" ")), str(path))
+    return PerplexityText(raw, len(raw.split()), str(path))
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    """Token-level perplexity ``exp(total_nll / (num_tokens - 1))``."""
+    adjusted_ppl: float
+    """Word-level perplexity ``exp(total_nll / (num_words - 1))``."""
+    total_nll: float
+    scored_tokens: int
+    num_tokens: int
+    num_words: int
+    settings: dict
+    windows: list[dict] = field(default_factory=list)
+    """Per window: ``start`` (token index), ``nll``, ``tokens`` (scored)."""
+
+    def summary(self) -> str:
+        mode = "unidirectional" if self.settings.get("unidirectional") else "bidirectional"
+        return (
+            f"perplexity ({mode}): {self.ppl:.4f} per token, {self.adjusted_ppl:.4f} per word; total NLL "
+            f"{self.total_nll:.4f} over {self.scored_tokens} scored tokens ({self.num_tokens} tokens, {self.num_words} "
+            f"words, {len(self.windows)} windows)"
+        )
+
+    def to_dict(self) -> dict:
+        return {"task": "perplexity", "metric": "ppl", "ppl": self.ppl, "adjusted_ppl": self.adjusted_ppl,
+                "total_nll": self.total_nll, "scored_tokens": self.scored_tokens, "num_tokens": self.num_tokens,
+                "num_words": self.num_words, "settings": self.settings, "windows": self.windows}  # fmt: skip
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def perplexity_windows(num_tokens: int, seq_length: int, overlap: int) -> list[WindowSpan]:
+    """The original's windows: ``seq_length - 1`` tokens each, the k-th from ``k * overlap`` (its
+    ``--overlapping-eval``: the tokens each later window scores, 1 to ``seq_length - 2``)."""
+    if not 1 <= overlap <= seq_length - 2:
+        raise InputError(f"--overlap {overlap}: must be between 1 and seq_length - 2 = {seq_length - 2}")
+    return window_spans(num_tokens, seq_length - 1, overlap)
+
+
+def evaluate_perplexity(
+    model,
+    tokenizer,
+    text: PerplexityText | str,
+    *,
+    seq_length: int | None = None,
+    overlap: int = 256,
+    unidirectional: bool = False,
+    batch_size: int = 16,
+    mask: str | None = None,
+    tokens: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> PerplexityResult:
+    """Perplexity of ``model`` (eval mode) on ``text`` (tokenized whole, or ``tokens`` given). ``overlap``: tokens
+    each window after the first scores (at most ``seq_length - 2``)."""
+    if isinstance(text, str):
+        text = PerplexityText(text, len(text.split()))
+    seq_length = check_seq_length(seq_length, model)
+    ids = PromptIds.from_tokenizer(tokenizer, mask)
+    tokens = list(encode(tokenizer, text.text) if tokens is None else tokens)
+    if len(tokens) < 2:
+        raise InputError(f"{text.source or 'the text'}: {len(tokens)} token(s); perplexity needs at least 2")
+    spans = perplexity_windows(len(tokens), seq_length, overlap)
+    scores = score_windows(
+        model, ids, tokens, spans, unidirectional=unidirectional, batch_size=batch_size, progress=progress
+    )
+    windows = [
+        {"start": s.start, "nll": -c.log_prob, "tokens": c.num_tokens} for s, c in zip(spans, scores, strict=True)
+    ]
+    total = sum(w["nll"] for w in windows)
+    scored = sum(w["tokens"] for w in windows)
+    settings = {"seq_length": seq_length, "overlap": overlap, "unidirectional": unidirectional, "mask_id": ids.mask}
+    return PerplexityResult(
+        _exp(total / (len(tokens) - 1)),
+        _exp(total / max(text.num_words - 1, 1)),
+        total,
+        scored,
+        len(tokens),
+        text.num_words,
+        settings,
+        windows,
+    )

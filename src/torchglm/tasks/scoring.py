@@ -1,0 +1,255 @@
+"""The two zero-shot scoring layouts every task family shares, built on ``generation.score``.
+
+**An answer at a final blank** (LAMBADA, multiple choice, lm-eval's ``loglikelihood``): the context is part A,
+``[CLS] context [M] [eos]``, and each answer is a part-B block ``[sop] answer[:-1]`` predicting ``answer`` at the
+blank's position, block positions ``1..n``. Unidirectionally (the original's ``--unidirectional``), part A is
+``[CLS] c0 [M] [eos]`` and the rest of the context goes into the block too, unscored, so the model reads it left
+to right.
+
+**Windows over a long text** (perplexity, lm-eval's ``loglikelihood_rolling``): windows of ``window`` tokens, the
+k-th starting at ``k * stride``; each scores only the tokens no earlier window scored (the last ``stride``, the
+first window all but its first token), so every token after the first is scored exactly once, seeing up to
+``window - stride`` tokens before it. Bidirectionally the unscored tokens are part A ``[CLS] tokens [M]``;
+unidirectionally part A is the window's first token and the rest are unscored block tokens.
+
+[M] is ``[gMASK]`` when the tokenizer has task masks (models pretrained with them), ``[MASK]`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torchglm.errors import InputError
+from torchglm.generation.score import ContinuationScore, score
+from torchglm.layout import Block
+
+Progress = Callable[[int], None]
+"""Called with the number of items (examples, windows) finished since the last call."""
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """The command-token ids the scoring layouts use."""
+
+    cls: int
+    mask: int
+    eos: int
+    sop: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, mask: str | None = None) -> PromptIds:
+        """``mask``: ``"MASK"``, ``"sMASK"`` or ``"gMASK"``; default ``[gMASK]`` if the tokenizer has it."""
+        if mask is None:
+            mask_id = tokenizer.gmask_token_id if tokenizer.gmask_token_id is not None else tokenizer.mask_token_id
+        else:
+            ids = {
+                "MASK": tokenizer.mask_token_id,
+                "sMASK": tokenizer.smask_token_id,
+                "gMASK": tokenizer.gmask_token_id,
+            }
+            if mask not in ids:
+                raise InputError(f"mask {mask!r}: choose MASK, sMASK or gMASK")
+            if ids[mask] is None:
+                raise InputError(f"mask {mask}: this tokenizer has no [{mask}] (built without task masks)")
+            mask_id = ids[mask]
+        return cls(
+            tokenizer.cls_token_id, mask_id, tokenizer.eos_token_id, tokenizer.sop_token_id, tokenizer.pad_token_id
+        )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """The original's ``EncodeAsIds``: no [CLS] or eos added, no warning about texts longer than the model."""
+    return list(tokenizer.encode(text, add_special_tokens=False, verbose=False))
+
+
+def model_positions(model) -> int:
+    return int(model.config.max_sequence_length)
+
+
+def check_seq_length(seq_length: int | None, model) -> int:
+    """The sequence length to lay inputs out for: the model's positions by default, never more."""
+    limit = model_positions(model)
+    if seq_length is None:
+        return limit
+    if seq_length > limit:
+        raise InputError(f"--seq-length {seq_length} is above the model's positions (max_sequence_length={limit})")
+    if seq_length < 8:
+        raise InputError(f"--seq-length {seq_length} is too short (at least 8)")
+    return seq_length
+
+
+# ---- an answer at a final blank --------------------------------------------------------------------------------
+
+
+def final_blank_inputs(
+    context: Sequence[int], answer: Sequence[int], ids: PromptIds, *, unidirectional: bool = False
+) -> tuple[list[int], Block]:
+    """Part A and the scored block for ``answer`` after ``context`` (ids without [CLS])."""
+    context, answer = list(context), list(answer)
+    if not answer:
+        raise ValueError("an empty answer has nothing to score")
+    if not unidirectional:
+        part_a = [ids.cls, *context, ids.mask, ids.eos]
+        return part_a, Block.span(ids.sop, answer, position=len(part_a) - 2)
+    head, rest = context[:1], context[1:]
+    part_a = [ids.cls, *head, ids.mask, ids.eos]
+    tokens = rest + answer
+    labels = [-100] * len(rest) + answer
+    return part_a, Block([ids.sop, *tokens[:-1]], len(part_a) - 2, 1, labels)
+
+
+def fit_context(context: Sequence[int], longest_answer: int, seq_length: int) -> list[int]:
+    """The context's last tokens that fit ``seq_length`` with the answer, [CLS], [M], eos and [sop] (the original
+    cuts LAMBADA contexts from the left this way)."""
+    room = seq_length - longest_answer - 4
+    if room < 0:
+        raise InputError(f"an answer of {longest_answer} tokens does not fit --seq-length {seq_length}")
+    return list(context)[len(context) - room :] if len(context) > room else list(context)
+
+
+def score_final_blank(
+    model,
+    ids: PromptIds,
+    contexts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[Sequence[int]]],
+    *,
+    seq_length: int,
+    unidirectional: bool = False,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[list[ContinuationScore]]:
+    """Score ``answers[i]`` (one or more token lists) at a blank after ``contexts[i]``, each context encoded once
+    and shared by its answers. Contexts are cut from the left to fit ``seq_length``; contexts of similar length
+    are batched together (results in the input order). ``progress`` counts answers."""
+    rows: list[tuple[list[int], list[Block]]] = []
+    owners: list[int] = []
+    for owner, (context, choices) in enumerate(zip(contexts, answers, strict=True)):
+        fitted = fit_context(context, max(len(a) for a in choices), seq_length)
+        laid = [final_blank_inputs(fitted, answer, ids, unidirectional=unidirectional) for answer in choices]
+        if unidirectional:  # the context lives in each answer's block: each answer is a row of its own
+            rows += [(part_a, [block]) for part_a, block in laid]
+            owners += [owner] * len(laid)
+        else:
+            rows.append((laid[0][0], [block for _, block in laid]))
+            owners.append(owner)
+    results: list[list[ContinuationScore]] = [[] for _ in contexts]
+    scores = score_rows(model, rows, pad_id=ids.pad, batch_size=batch_size, progress=progress)
+    for owner, row_scores in zip(owners, scores, strict=True):
+        results[owner] += row_scores
+    return results
+
+
+def score_rows(
+    model,
+    rows: Sequence[tuple[Sequence[int], Sequence[Block]]],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[list[ContinuationScore]]:
+    """``generation.score`` over ``(part A, blocks)`` rows, up to ``batch_size`` rows at a time; results in the
+    input order. ``progress`` counts blocks.
+
+    A batch pads every part A to its longest and every block to the longest, so rows are sorted by part-A length
+    and a batch is cut early where padding would add more than a quarter to its work (a text's first window, 3
+    tokens of part A and a long block, is not batched with the later ones, half and half)."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    results: list[list[ContinuationScore]] = [[] for _ in rows]
+    for chunk in _batches(rows, batch_size):
+        scored = score(
+            model, [rows[r][0] for r in chunk], [rows[r][1] for r in chunk], pad_id=pad_id, batch_size=batch_size
+        )
+        for r, value in zip(chunk, scored, strict=True):
+            results[r] = value
+        if progress is not None:
+            progress(sum(len(rows[r][1]) for r in chunk))
+    return results
+
+
+def _batches(rows, batch_size: int, waste: float = 1.25) -> list[list[int]]:
+    def lengths(r):
+        return len(rows[r][0]), max(len(b) for b in rows[r][1]), len(rows[r][1])
+
+    order = sorted(range(len(rows)), key=lambda r: lengths(r)[:2])
+    batches: list[list[int]] = []
+    chunk: list[int] = []
+    for r in order:
+        candidate = chunk + [r]
+        sizes = [lengths(i) for i in candidate]
+        padded = max(a for a, _, _ in sizes) * len(sizes) + max(b for _, b, _ in sizes) * sum(n for *_, n in sizes)
+        real = sum(a + b * n for a, b, n in sizes)
+        if chunk and (len(candidate) > batch_size or padded > waste * real):
+            batches.append(chunk)
+            candidate = [r]
+        chunk = candidate
+    if chunk:
+        batches.append(chunk)
+    return batches
+
+
+# ---- windows over a long text ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowSpan:
+    """Tokens ``[start, end)`` of the text; ``[first_scored, end)`` are scored."""
+
+    start: int
+    end: int
+    first_scored: int
+
+    @property
+    def num_scored(self) -> int:
+        return self.end - self.first_scored
+
+
+def window_spans(num_tokens: int, window: int, stride: int, *, score_first: bool = False) -> list[WindowSpan]:
+    """The windows covering a text of ``num_tokens``: every token from the second on (from the first with
+    ``score_first``) scored by exactly one window, with up to ``window - stride`` tokens of context."""
+    if not 1 <= stride < window:
+        raise InputError(f"overlap {stride}: must be at least 1 and below the window of {window} tokens")
+    spans = []
+    if num_tokens > (0 if score_first else 1):
+        spans.append(WindowSpan(0, min(window, num_tokens), 0 if score_first else 1))
+    k = 1
+    while k * stride + window - stride < num_tokens:
+        start = k * stride
+        spans.append(WindowSpan(start, min(start + window, num_tokens), start + window - stride))
+        k += 1
+    return spans
+
+
+def window_inputs(
+    tokens: Sequence[int], span: WindowSpan, ids: PromptIds, *, unidirectional: bool = False
+) -> tuple[list[int], Block]:
+    """Part A and the scored block of one window."""
+    window = list(tokens[span.start : span.end])
+    seen = span.first_scored - span.start  # tokens of the window before the scored ones
+    if not unidirectional or seen == 0:
+        part_a = [ids.cls, *window[:seen], ids.mask]
+        return part_a, Block.span(ids.sop, window[seen:], position=len(part_a) - 1)
+    part_a = [ids.cls, window[0], ids.mask]
+    rest = window[1:]
+    labels = [-100] * (seen - 1) + window[seen:]
+    return part_a, Block([ids.sop, *rest[:-1]], len(part_a) - 1, 1, labels)
+
+
+def score_windows(
+    model,
+    ids: PromptIds,
+    tokens: Sequence[int],
+    spans: Sequence[WindowSpan],
+    *,
+    unidirectional: bool = False,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[ContinuationScore]:
+    """Each window's score (``batch_size`` windows at a time)."""
+    rows = []
+    for span in spans:
+        part_a, block = window_inputs(tokens, span, ids, unidirectional=unidirectional)
+        rows.append((part_a, [block]))
+    return [s for [s] in score_rows(model, rows, pad_id=ids.pad, batch_size=batch_size, progress=progress)]
