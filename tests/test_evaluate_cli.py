@@ -84,6 +84,12 @@ def test_bad_input_is_one_line_and_exit_status_2(golden, tmp_path, capsys):
     bad_line.write_text('{"text": "a b c"}\n{"txt": "a b"}\n')
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
+    choices = tmp_path / "choices.jsonl"
+    choices.write_text(
+        '{"context": "x", "choices": ["a", "b"], "label": 0}\n{"context": "y", "choices": ["a"], "label": 1}\n'
+    )
     cases = [
         (["evaluate", "lambada", "--data", str(good)], "no --model given"),
         (["evaluate", "lambada", "--model", str(model), "--data", str(bad_line)], 'bad.jsonl, line 2: field "text"'),
@@ -94,6 +100,10 @@ def test_bad_input_is_one_line_and_exit_status_2(golden, tmp_path, capsys):
         (["evaluate", "wikitext", "--model", str(model), "--data", str(empty)], "empty.txt: the file is empty"),
         (["evaluate", "wikitext", "--model", str(model), "--data", str(good), "--overlap", "200"], "--overlap 200"),
         (["evaluate", "lambada", "--model", str(tmp_path), "--data", str(good)], "cannot load a GLM"),
+        (["evaluate", "wikitext", "--model", str(model), "--data", str(latin1)], "latin1.txt, line 1: not UTF-8"),
+        (["evaluate", "multichoice", "--model", str(model), "--data", str(choices)],
+         'choices.jsonl, line 2: field "label" 1 is outside the 1 choices'),
+        (["evaluate", "multichoice", "--model", str(model)], "evaluate multichoice needs --data FILE"),
     ]  # fmt: skip
     for argv, message in cases:
         assert main(argv + ["--no-progress"]) == 2, argv

@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     text = tasks.add_parser("wikitext", help="perplexity of a WikiText .tokens file or any UTF-8 text", **kinds)
     text.add_argument("--overlap", type=int, default=256, help="tokens each later window scores (default 256)")
     text.add_argument(
-        "--detokenize", choices=["auto", "wikitext", "none"], default="auto", help="auto: for .tokens files"
+        "--detokenize",
+        choices=["auto", "wikitext", "ptb", "none"],
+        default="auto",
+        help="auto (default): WikiText for .tokens files, PTB for ptb files, else none",
     )
     choice = tasks.add_parser("multichoice", help="zero-shot multiple choice from a JSON-lines file", **kinds)
     choice.add_argument("--length-normalize", action="store_true", help="rank choices by mean token log-prob")
@@ -128,8 +131,8 @@ def _evaluate(args, model, tokenizer, data):
                 model, tokenizer, examples, length_normalize=args.length_normalize, progress=progress, **common
             )
             return result, "examples"
-    detokenize = {"auto": None, "wikitext": True, "none": False}[args.detokenize]
-    text = lm.read_perplexity_text(data, detokenize=detokenize, lines=args.limit)
+    kind = None if args.detokenize == "none" else args.detokenize
+    text = lm.read_perplexity_text(data, detokenize_as=kind, lines=args.limit)
     tokens = lm.encode(tokenizer, text.text)
     seq_length = lm.check_seq_length(args.seq_length, model)
     windows = len(lm.perplexity_windows(len(tokens), seq_length, args.overlap))

@@ -22,7 +22,13 @@ from torchglm.tasks import (
     wikitext_detokenize,
     window_inputs,
 )
-from torchglm.tasks.language_model import lambada_example, perplexity_windows, split_last_word
+from torchglm.tasks.language_model import (
+    detokenize,
+    detokenizer_for,
+    lambada_example,
+    perplexity_windows,
+    split_last_word,
+)
 
 from .helpers import CLS, EOS, GMASK, SOP, WordTokenizer, full_pass_log_probs, tiny_model
 
@@ -126,6 +132,18 @@ def test_wikitext_windows_totals_and_perplexities_equal_the_originals(golden, sh
 )
 def test_the_detokenizer_inverts_wikitext_tokenization_on_known_lines(tokenized, text):
     assert wikitext_detokenize(tokenized) == text
+
+
+def test_the_ptb_detokenizer_and_the_choice_by_file_name(tmp_path):
+    assert detokenize("it does n't cost $ 1 million , he said \n the firm 's # 1 rival", "ptb") == (
+        "it doesn't cost $1 million , he said\nthe firm's #1 rival"
+    )
+    assert [detokenizer_for(n) for n in ["wiki.test.tokens", "wikitext-2.txt", "ptb.test.txt", "book.txt"]] == [
+        "wikitext", "wikitext", "ptb", None,
+    ]  # fmt: skip
+    (tmp_path / "ptb.valid.txt").write_text(" a does n't b \n", encoding="utf-8")
+    assert read_perplexity_text(tmp_path / "ptb.valid.txt").text == " a doesn't b\n"
+    assert read_perplexity_text(tmp_path / "ptb.valid.txt", detokenize_as=None).text == " a does n't b \n"
 
 
 def test_wikitext_words_are_counted_as_the_original_counts_them(tmp_path):

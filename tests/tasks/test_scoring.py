@@ -73,8 +73,13 @@ def test_final_blank_inputs_as_written_by_hand_and_contexts_cut_from_the_left():
     part_a, block = final_blank_inputs([5, 6, 7], [8, 9], IDS, unidirectional=True)
     assert part_a == [CLS, 5, GMASK, EOS] and block.input_ids == [SOP, 6, 7, 8] and block.labels == [-100, -100, 8, 9]
     assert block.position == [2] * 4 and block.block_position == [1, 2, 3, 4]
-    assert fit_context(list(range(20)), 2, 16) == list(range(10, 20))  # 16 - 2 answer - [CLS] [M] eos [sop]
+    # [CLS] + 11 context + [M] eos + [sop] + answer[:-1] (1) = 16 tokens
+    assert fit_context(list(range(20)), 2, 16) == list(range(9, 20))
     assert fit_context([1, 2], 2, 16) == [1, 2]
+    for unidirectional in (False, True):  # a cut example fills the sequence exactly, keeping the last tokens
+        kept = fit_context(list(range(1, 40)), 3, 24)
+        part_a, block = final_blank_inputs(kept, [7, 8, 9], IDS, unidirectional=unidirectional)
+        assert kept == list(range(22, 40)) and len(part_a) + len(block) == 24  # 18 + [CLS] [M] eos + 3
     with pytest.raises(InputError, match="does not fit"):
         fit_context([1], 20, 16)
 

@@ -102,3 +102,31 @@ def test_rng_state_round_trip(tmp_path):
     before = (random.random(), float(np.random.rand()), float(torch.rand(())))
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == before
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch FILE``: what a crafted checkpoint can do to a reader that trusts pickle."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_a_crafted_metadata_file_runs_nothing_and_is_refused_by_name(tmp_path):
+    import pickle
+
+    model, optimizer = toy()
+    path = save(Checkpointer(tmp_path / "run", keep_last=2), 3, model, optimizer)
+    witness = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(pickle.dumps(_RunsCode(witness)))
+    fresh, fresh_optimizer = toy()
+    with pytest.raises(CheckpointError, match=r"\.metadata: refusing to load it: it names posix\.system"):
+        Checkpointer(tmp_path / "run", keep_last=2).load(path, fresh, fresh_optimizer)
+    assert not witness.exists()
+    (path / ".metadata").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(CheckpointError, match=r"\.metadata: unreadable checkpoint metadata"):
+        Checkpointer(tmp_path / "run", keep_last=2).load(path, fresh, fresh_optimizer)

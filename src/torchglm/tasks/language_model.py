@@ -210,19 +210,42 @@ WIKITEXT_RULES: tuple[tuple[int, str, str], ...] = (
     (_LITERAL, " N ", " 1 "),
     (_LITERAL, " 's", "'s"),
 )
-_COMPILED = [(kind, re.compile(a) if kind == _REGEX else a, b) for kind, a, b in WIKITEXT_RULES]
+# The original's Penn Treebank detokenizer (for ``ptb.*.txt`` files).
+PTB_RULES: tuple[tuple[int, str, str], ...] = (
+    (_LITERAL, " '", "'"),
+    (_LITERAL, " \n", "\n"),
+    (_LITERAL, "\n ", "\n"),
+    (_LITERAL, " n't", "n't"),
+    (_LITERAL, " N ", "1 "),
+    (_LITERAL, "$ 1", "$1"),
+    (_LITERAL, "# 1", "#1"),
+)
+DETOKENIZERS = {
+    name: [(kind, re.compile(a) if kind == _REGEX else a, b) for kind, a, b in rules]
+    for name, rules in (("wikitext", WIKITEXT_RULES), ("ptb", PTB_RULES))
+}
+
+
+def detokenize(text: str, kind: str = "wikitext") -> str:
+    """``kind`` (``wikitext`` or ``ptb``) tokenized text back to ordinary text by the original's rules."""
+    for rule, pattern, replacement in DETOKENIZERS[kind]:
+        text = pattern.sub(replacement, text) if rule == _REGEX else text.replace(pattern, replacement)
+    return text
 
 
 def wikitext_detokenize(text: str) -> str:
     """WikiText ``.tokens`` text back to ordinary text (``"guest @-@ starring role , the"`` ->
     ``"guest-starring role, the"``), as the original's detokenizer does."""
-    for kind, pattern, replacement in _COMPILED:
-        text = pattern.sub(replacement, text) if kind == _REGEX else text.replace(pattern, replacement)
-    return text
+    return detokenize(text, "wikitext")
 
 
-def is_wikitext(path: str | Path) -> bool:
-    return Path(path).name.endswith(".tokens")
+def detokenizer_for(path: str | Path) -> str | None:
+    """The detokenizer for a file, by its name as the original chose by path: WikiText for ``.tokens`` files or
+    names with "wikitext", PTB for names with "ptb", none otherwise."""
+    name = Path(path).name.lower()
+    if name.endswith(".tokens") or "wikitext" in name:
+        return "wikitext"
+    return "ptb" if "ptb" in name else None
 
 
 @dataclass
@@ -234,16 +257,21 @@ class PerplexityText:
     source: str = ""
 
 
-def read_perplexity_text(path: str | Path, detokenize: bool | None = None, lines: int | None = None) -> PerplexityText:
-    """A whole file (or its first ``lines``) for perplexity. WikiText ``.tokens`` files (or ``detokenize=True``)
-    are detokenized and their words counted as the original counts them (``len(text.strip().split(" "))``
-    before detokenizing); other files are read as they are, words counted by whitespace."""
+def read_perplexity_text(
+    path: str | Path, detokenize_as: str | None = "auto", lines: int | None = None
+) -> PerplexityText:
+    """A whole file (or its first ``lines``) for perplexity, as one text. ``detokenize_as``: ``"auto"`` (by the
+    path, as the original: ``.tokens`` files are WikiText), ``"wikitext"``, ``"ptb"`` or None. Detokenized files
+    have their words counted as the original counts them (``len(raw.strip().split(" "))`` before detokenizing);
+    other files count whitespace-separated words."""
     raw = read_text_file(path)
     if lines is not None:
         raw = "".join(raw.splitlines(keepends=True)[:lines])
-    wikitext = is_wikitext(path) if detokenize is None else detokenize
-    if wikitext:
-        return PerplexityText(wikitext_detokenize(raw), len(raw.strip().split(" ")), str(path))
+    kind = detokenizer_for(path) if detokenize_as == "auto" else detokenize_as
+    if kind is not None:
+        if kind not in DETOKENIZERS:
+            raise InputError(f"detokenizer {kind!r}: choose one of {', '.join(DETOKENIZERS)}")
+        return PerplexityText(detokenize(raw, kind), len(raw.strip().split(" ")), str(path))
     return PerplexityText(raw, len(raw.split()), str(path))
 
 

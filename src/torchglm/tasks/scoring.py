@@ -101,9 +101,11 @@ def final_blank_inputs(
 
 
 def fit_context(context: Sequence[int], longest_answer: int, seq_length: int) -> list[int]:
-    """The context's last tokens that fit ``seq_length`` with the answer, [CLS], [M], eos and [sop] (the original
-    cuts LAMBADA contexts from the left this way)."""
-    room = seq_length - longest_answer - 4
+    """The context's last tokens that fit: part A (``[CLS] context [M] [eos]``) and the block (``[sop]
+    answer[:-1]``) together at most ``seq_length`` tokens, i.e. ``context + answer + 3``. The original cuts
+    LAMBADA contexts from the left this way (its special-token count leaves out ``[sop]`` when there is an answer,
+    whose last token is never fed)."""
+    room = seq_length - longest_answer - 3
     if room < 0:
         raise InputError(f"an answer of {longest_answer} tokens does not fit --seq-length {seq_length}")
     return list(context)[len(context) - room :] if len(context) > room else list(context)

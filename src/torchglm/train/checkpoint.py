@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 logger = logging.getLogger("torchglm.train")
@@ -42,6 +44,63 @@ TRAINER_FILE = "trainer.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed here (another model, missing files)."""
+
+
+# What a DCP ``.metadata`` pickle may name: the metadata classes and the torch values inside them. Anything else
+# (os.system, builtins.eval, ...) is a crafted file: DCP's own reader unpickles it blindly and would run it.
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch._utils": {"_get_layout"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "pathlib._local": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},  # Python 3.13+
+    "collections": {"OrderedDict"},
+}  # fmt: skip
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if name in _METADATA_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
+            return getattr(torch, name)
+        raise CheckpointError(
+            f"{self.path}: refusing to load it: it names {module}.{name}, which no checkpoint metadata holds "
+            "(a crafted file; unpickling it could run code)"
+        )
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader, except that ``.metadata`` is unpickled with only the metadata classes allowed (DCP's
+    ``FileSystemReader.read_metadata`` calls ``pickle.load`` on it: a crafted checkpoint ran code on resume).
+    Tensors were already read with ``torch.load(weights_only=True)``."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        path = Path(self._get_metadata_path(kwargs.get("rank")))
+        try:
+            with open(path, "rb") as handle:
+                metadata = _MetadataUnpickler(handle, path).load()
+        except CheckpointError:
+            raise
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(error).__name__}: {error})") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def step_dir(folder: Path, step: int) -> Path:
@@ -218,8 +277,10 @@ class Checkpointer:
         else:
             model_state, optim_state = get_state_dict(model, optimizer)
             state = {"model": model_state, "optim": optim_state}
+            reader = SafeFileSystemReader(path)
+            reader.read_metadata()  # refuse a crafted or broken .metadata by name, before DCP wraps the error
             with _single_process_quiet():
-                dcp.load(state, checkpoint_id=path, no_dist=not self.distributed)
+                dcp.load(state, storage_reader=reader, no_dist=not self.distributed)
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rank_file = path / f"rank-{self.rank:05d}.pt"
         rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else None
