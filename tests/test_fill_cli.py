@@ -64,3 +64,51 @@ def test_cli_interactive_keeps_going_after_a_bad_text(golden, capsys, monkeypatc
 def test_cli_without_a_model_says_what_to_pass(capsys):
     assert main(["fill", "some text"]) == 2
     assert "no --model given" in capsys.readouterr().err
+
+
+def test_bad_lines_of_a_file_are_named_and_the_others_still_filled(golden, capsys, tmp_path):
+    folder, cases = golden
+    good = [case["text"] for case in cases["cases"][:2]]
+    _, expected = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, *good)
+    listing = tmp_path / "texts.txt"
+    listing.write_text(f"{good[0]}\nan [XMASK] here\n\n{good[1]}\n")
+    code = main(["fill", "--model", str(folder), "--max-new-tokens", "8", "--file", str(listing)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == expected
+    assert "texts.txt, line 2: unknown blank '[XMASK]'" in captured.err and "1 of 3 texts failed" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_ban_takes_one_list_and_leaves_the_texts_alone(golden, capsys):
+    folder, cases = golden
+    text = next(case["text"] for case in cases["cases"] if case["fills"][0])
+    _, plain = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, "--json", text)
+    first = json.loads(plain)["blanks"][0]["token_ids"][0]
+    code, banned = run_fill(capsys, "--model", folder, "--max-new-tokens", 8, "--json", "--ban", f"{first},7", text)
+    assert code == 0 and len(banned.splitlines()) == 1  # the text was not taken for a token id
+    assert first not in json.loads(banned)["blanks"][0]["token_ids"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-beams", "0", "a [MASK]"], "num_beams must be an integer >= 1, got 0"),
+        (["--batch-size", "0", "a [MASK]"], "--batch-size 0: must be at least 1"),
+        (["--stream", "--json", "a [MASK]"], "--stream prints tokens as they come"),
+        (["", "a"], "text 1: the text is empty"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_status_2(golden, capsys, args, message):
+    folder, _ = golden
+    assert main(["fill", "--model", str(folder), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_name_that_is_not_a_folder_never_goes_to_the_network(capsys, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    assert main(["fill", "--model", "glm-large", "a [MASK]"]) == 2
+    assert "--model glm-large: no such model folder" in capsys.readouterr().err
+    assert time.perf_counter() - start < 5  # the hub lookup it replaces waited 30 s for the network

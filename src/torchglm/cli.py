@@ -1,26 +1,23 @@
-"""One command line: ``torchglm fill|pretrain|finetune|evaluate|convert|prepare-data``.
+"""One command line: ``torchglm fill|pretrain|evaluate|convert|prepare-data`` (entry point: ``torchglm_cli``).
 
 Each command is a thin layer over a Python function; its module owns its argument parser
-(``add_arguments(parser)``) and entry point (``run(args)``), so this file only maps names to modules, and
-imports only the module of the command that runs.
+(``add_arguments(parser)``) and entry point (``run(args)``), so this file only builds the parser of the command
+that runs and is the one error boundary: a user error (``torchglm.errors.InputError``, which configuration and
+checkpoint errors are too) is one line on stderr and exit status 2; ``--debug`` (or ``TORCHGLM_DEBUG=1``) shows
+its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from torchglm.errors import InputError
+from torchglm_cli import COMMANDS, main
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (module with add_arguments/run, one-line help)
-    "fill": ("torchglm.fill_cli", "fill the [MASK]/[sMASK]/[gMASK] blanks of texts, or continue them"),
-    "convert": ("torchglm.convert", "convert original or released checkpoints to torchglm folders"),
-    "pretrain": ("torchglm.train.pretrain", "pretrain GLM (one process, or torchrun: FSDP2 / TP / DeepSpeed)"),
-    "prepare-data": ("torchglm.data.prepare", "tokenize corpora into memory-mapped token shards (resumable)"),
-    "evaluate": ("torchglm.evaluate_cli", "zero-shot LAMBADA, perplexity, multiple choice; lm-eval backend"),
-}
+__all__ = ["COMMANDS", "command_parser", "main", "run_command"]
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
@@ -34,18 +31,11 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
-        listing = "\n".join(f"  {name:14} {help_text}" for name, (_, help_text) in COMMANDS.items())
-        usage = f"usage: torchglm COMMAND [options]\n\ncommands:\n{listing}\n\n'torchglm COMMAND --help' for more."
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"torchglm: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
-            return 2
-        print(usage)
-        return 0 if argv else 2
-    parser = command_parser(argv[0])
-    args, unknown = parser.parse_known_args(argv[1:])
+def run_command(name: str, argv: list[str]) -> int:
+    debug = "--debug" in argv or os.environ.get("TORCHGLM_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    parser = command_parser(name)
+    args, unknown = parser.parse_known_args(argv)
     if getattr(args, "pass_through", None):  # a command wrapping another tool's command line gets the rest
         setattr(args, args.pass_through, unknown)
     elif unknown:
@@ -53,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except InputError as error:
-        print(f"torchglm {argv[0]}: error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"torchglm {name}: error: {error}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # torchrun ... -m torchglm.cli pretrain ...
     sys.exit(main())

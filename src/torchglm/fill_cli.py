@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
+from torchglm.errors import InputError
 from torchglm.generation import FillResult, GenerationOptions, fill
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -45,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     decoding.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
     decoding.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    decoding.add_argument("--ban", type=int, nargs="+", default=[], metavar="ID", help="token ids never generated")
+    decoding.add_argument(
+        "--ban", type=_id_list, action="extend", default=[], metavar="ID[,ID...]",
+        help="token ids never generated (comma-separated; may repeat)",
+    )  # fmt: skip
     decoding.add_argument("--sample", action="store_true", help="sample instead of greedy search")
     decoding.add_argument("--temperature", type=float, default=defaults.temperature)
     decoding.add_argument("--top-k", type=int, default=defaults.top_k)
@@ -53,8 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decoding.add_argument("--seed", type=int, help="seed for sampling")
 
 
+def _id_list(text: str) -> list[int]:
+    """``"5,7"`` -> [5, 7] (a list in one argument, so that ``--ban`` never swallows the texts after it)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token ids like 5,7, got {text!r}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> GenerationOptions:
     early = {"true": True, "false": False, "never": "never"}[args.early_stopping]
+    try:
+        return _options(args, early)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def _options(args: argparse.Namespace, early) -> GenerationOptions:
     return GenerationOptions(
         max_new_tokens=args.max_new_tokens,
         min_new_tokens=args.min_new_tokens,
@@ -73,23 +94,39 @@ def options_from_args(args: argparse.Namespace) -> GenerationOptions:
 
 
 def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "cpu", dtype: str = "float32"):
-    """A GLM model in eval mode and its tokenizer, from checkpoint folders."""
+    """A GLM model in eval mode and its tokenizer, from local checkpoint folders. A name that is not a folder is an
+    :class:`InputError` at once (transformers would look it up on the hub and wait for the network)."""
     import torch
 
     from torchglm.model import GLMForConditionalGeneration
     from torchglm.tokenization import GLMTokenizer
 
-    model = GLMForConditionalGeneration.from_pretrained(model_folder, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
+    for option, folder in (("--model", model_folder), ("--tokenizer", tokenizer_folder)):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(
+                f"{option} {folder}: no such model folder (torchglm loads local folders: config.json, weights "
+                "and tokenizer files)"
+            )
+    try:
+        model = GLMForConditionalGeneration.from_pretrained(model_folder, dtype=getattr(torch, dtype))
+        tokenizer = GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"--model {model_folder}: cannot load a GLM from it ({error})") from None
+    return model.to(device).eval(), tokenizer
 
 
-def _read_texts(args: argparse.Namespace) -> Iterable[str]:
+def _read_texts(args: argparse.Namespace) -> Iterable[tuple[str, str]]:
+    """``(where, text)``: where names the argument or the file line, for error messages."""
     if args.texts:
-        return args.texts
+        return [(f"text {i + 1}", text) for i, text in enumerate(args.texts)]
     if args.file and args.file != "-":
-        with open(args.file, encoding="utf-8") as handle:
-            return [line.rstrip("\n") for line in handle if line.strip()]
-    return (line.rstrip("\n") for line in sys.stdin if line.strip())
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"--file {args.file}: cannot read it ({error})") from None
+        return [(f"{args.file}, line {n}", line) for n, line in enumerate(lines, start=1) if line.strip()]
+    return ((f"stdin, line {n}", line.rstrip("\n")) for n, line in enumerate(sys.stdin, start=1) if line.strip())
 
 
 def _print_result(result: FillResult, as_json: bool) -> None:
@@ -123,16 +160,15 @@ class _Streamer:
 
 def run(args: argparse.Namespace) -> int:
     if not args.model:
-        print(
-            "torchglm fill: no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
-            "(config.json, weights and tokenizer files), e.g. a released GLM folder.",
-            file=sys.stderr,
+        raise InputError(
+            "no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
+            "(config.json, weights and tokenizer files), e.g. a released GLM folder."
         )
-        return 2
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     options = options_from_args(args)
     if args.stream and (args.json or options.num_beams > 1):
-        print("torchglm fill: --stream prints tokens as they come: not with --json or --num-beams > 1", file=sys.stderr)
-        return 2
+        raise InputError("--stream prints tokens as they come: not with --json or --num-beams > 1")
     model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
     if args.interactive:
         while True:
@@ -151,14 +187,36 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as error:  # a bad text should not end the session
                 print(f"error: {error}", file=sys.stderr)
     texts = list(_read_texts(args))
+    failed = 0
     if args.stream:
-        for text in texts:
-            _Streamer(tokenizer).run(model, text, options, args.truncate)
-        return 0
+        for where, text in texts:
+            try:
+                _Streamer(tokenizer).run(model, text, options, args.truncate)
+            except ValueError as error:
+                failed += _report(where, error)
+        return 2 if failed else 0
     for start in range(0, len(texts), args.batch_size):
         chunk = texts[start : start + args.batch_size]
-        for result in fill(
-            model, tokenizer, chunk, options=options, truncate=args.truncate, batch_size=args.batch_size
-        ):
+        try:
+            results = fill(model, tokenizer, [t for _, t in chunk], options=options, truncate=args.truncate,
+                           batch_size=args.batch_size)  # fmt: skip
+        except ValueError:  # a bad text in the chunk: fill the texts one by one, naming each bad one
+            results = []
+            for where, text in chunk:
+                try:
+                    results.append(fill(model, tokenizer, text, options=options, truncate=args.truncate))
+                except ValueError as error:
+                    failed += _report(where, error)
+        for result in results:
             _print_result(result, args.json)
-    return 0
+    if failed:
+        rest = "; the others were filled" if failed < len(texts) else ""
+        print(f"torchglm fill: {failed} of {len(texts)} texts failed (named above){rest}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _report(where: str, error: Exception) -> int:
+    # the text's index inside a chunk means nothing to the user: `where` names it
+    message = re.sub(r"^text \d+ ", "the text ", re.sub(r"^text \d+: ", "", str(error)))
+    print(f"torchglm fill: {where}: {message}", file=sys.stderr)
+    return 1

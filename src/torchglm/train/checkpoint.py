@@ -35,6 +35,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from torchglm.errors import InputError
+
 logger = logging.getLogger("torchglm.train")
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -42,7 +44,7 @@ PARTIAL_SUFFIX = ".partial"
 TRAINER_FILE = "trainer.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be resumed here (another model, missing files)."""
 
 

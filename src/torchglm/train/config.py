@@ -31,8 +31,10 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, Validat
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from torchglm.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration that cannot be run: unknown key, wrong type, inconsistent values."""
 
 
