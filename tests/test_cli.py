@@ -27,13 +27,14 @@ def test_unknown_command_is_exit_status_2(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_user_errors_are_one_line_and_debug_shows_the_traceback(capsys):
-    assert main(["evaluate", "lambada", "--data", "x.jsonl"]) == 2
-    assert capsys.readouterr().err.startswith("torchglm evaluate: error: no --model given")
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(capsys, tmp_path):
+    argv = ["evaluate", "lambada", "--model", str(tmp_path), "--data", str(tmp_path / "x.jsonl")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("torchglm evaluate: error: --data")
     from torchglm.errors import InputError
 
-    with pytest.raises(InputError, match="no --model given"):
-        main(["evaluate", "lambada", "--data", "x.jsonl", "--debug"])
+    with pytest.raises(InputError, match="no such file"):
+        main([*argv, "--debug"])
 
 
 def test_configuration_and_checkpoint_errors_are_user_errors():

@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_and_exit_status_2(golden, tmp_path, capsys):
         '{"context": "x", "choices": ["a", "b"], "label": 0}\n{"context": "y", "choices": ["a"], "label": 1}\n'
     )
     cases = [
-        (["evaluate", "lambada", "--data", str(good)], "no --model given"),
+        (["evaluate", "lambada", "--model", str(tmp_path / "nope"), "--data", str(good)], "no such model folder"),
         (["evaluate", "lambada", "--model", str(model), "--data", str(bad_line)], 'bad.jsonl, line 2: field "text"'),
         (["evaluate", "lambada", "--model", str(model), "--data", str(tmp_path / "nope.jsonl")], "no such file"),
         (["evaluate", "lambada", "--model", str(model), "--data", str(good), "--seq-length", "512"],

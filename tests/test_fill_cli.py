@@ -61,9 +61,9 @@ def test_cli_interactive_keeps_going_after_a_bad_text(golden, capsys, monkeypatc
     assert "Tsinghua University is located in" in captured.out
 
 
-def test_cli_without_a_model_says_what_to_pass(capsys):
-    assert main(["fill", "some text"]) == 2
-    assert "no --model given" in capsys.readouterr().err
+def test_cli_with_a_missing_model_folder_says_what_to_pass(capsys, tmp_path):
+    assert main(["fill", "--model", str(tmp_path / "nope"), "some text"]) == 2
+    assert "no such model folder" in capsys.readouterr().err
 
 
 def test_bad_lines_of_a_file_are_named_and_the_others_still_filled(golden, capsys, tmp_path):

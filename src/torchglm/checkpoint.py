@@ -8,10 +8,13 @@ without the ``glm.`` prefix, fp16 or fp32); torchglm saves ``model.safetensors``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 import torch
+
+from torchglm.errors import InputError
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -34,6 +37,36 @@ def check_checkpoint_folder(path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"model folder {folder} has no config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"model folder {folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            check_weight_file(folder / name)
+
+
+def check_weight_file(path: Path) -> None:
+    """Name a weight file that cannot be a checkpoint before torch or safetensors trip over it: empty, cut short,
+    or neither a safetensors file nor a torch archive (torch's own message for those is a bare ``EOFError`` or
+    advice to unpickle with ``weights_only=False``)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: the weight file is empty")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if path.suffix == ".safetensors":
+            header = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < header <= size - 8:
+                raise InputError(f"{path}: not a safetensors file, or cut short ({size} bytes)")
+            try:
+                json.loads(handle.read(header))
+            except ValueError:
+                raise InputError(f"{path}: not a safetensors file (its header is not JSON)") from None
+            return
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip archive: the central directory sits at the end
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 65_558))
+            if b"PK\x05\x06" not in handle.read():
+                raise InputError(f"{path}: a torch archive cut short ({size} bytes: no end-of-archive record)")
+    elif head[:1] != b"\x80":  # nor the legacy pickle format
+        raise InputError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle; {size} bytes)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,6 +110,10 @@ def find_model_parallel_shards(folder: str | os.PathLike) -> list[Path]:
     shards = sorted((folder / tag).glob("mp_rank_*_model_states.pt"))
     if not shards:
         raise FileNotFoundError(f"{folder / tag} has no mp_rank_XX_model_states.pt files (named by {marker})")
+    ranks = sorted(int(p.name.split("_")[2]) for p in shards)
+    if ranks != list(range(len(ranks))):
+        missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
+        raise InputError(f"{folder / tag}: model-parallel shard(s) of rank {missing} missing (found ranks {ranks})")
     return shards
 
 
@@ -125,9 +162,13 @@ def split_model_parallel(state: dict, ranks: int) -> list[dict]:
 def load_model_parallel_checkpoint(folder: str | os.PathLike) -> dict:
     """Read and merge an original training checkpoint (``latest_checkpointed_iteration.txt`` + shards)."""
     states = []
-    for path in find_model_parallel_shards(folder):
+    shards = find_model_parallel_shards(folder)
+    for path in shards:
         checkpoint = _load_pickle_free(path)
         if "module" not in checkpoint:
             raise ValueError(f"{path} has no 'module' entry (keys: {sorted(checkpoint)})")
+        expected = checkpoint.get("mp_world_size")
+        if expected is not None and int(expected) != len(shards):
+            raise InputError(f"{path}: saved by {expected}-way model parallelism, but {len(shards)} shard(s) are here")
         states.append(checkpoint["module"])
     return merge_model_parallel(states)

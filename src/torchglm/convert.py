@@ -80,10 +80,28 @@ def convert(
             write_model_parallel(model, staging, model_parallel)
         else:
             model.save_pretrained(staging)
+            _add_tokenizer(source, staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700: the output is an ordinary folder
         os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def _add_tokenizer(source: Path, folder: Path) -> None:
+    """The source folder's tokenizer files, so that the output loads alone in ``torchglm fill`` (released folders
+    have them; original training checkpoints do not)."""
+    if not source.is_dir() or (source / "latest_checkpointed_iteration.txt").is_file():
+        return
+    from torchglm.tokenization import GLMTokenizer
+
+    try:
+        tokenizer = GLMTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        return
+    tokenizer.save_pretrained(folder)
 
 
 def write_model_parallel(model: GLMForConditionalGeneration, folder: Path, ranks: int, iteration: int = 1) -> None:

@@ -1,13 +1,13 @@
 """Zero-shot evaluation: LAMBADA accuracy, perplexity (WikiText or any UTF-8 text), multiple choice, lm-eval.
 
-torchglm evaluate lambada --model DIR [--data lambada_test.jsonl] [--unidirectional] [--output results.json]
+torchglm evaluate lambada [--model DIR] [--data lambada_test.jsonl] [--unidirectional] [--output results.json]
 torchglm evaluate wikitext --model DIR [--data wiki.test.tokens] [--seq-length 512] [--overlap 256]
 torchglm evaluate multichoice --model DIR --data choices.jsonl [--length-normalize]
 torchglm evaluate harness --model DIR --tasks TASK [--include_path DIR] [any other lm_eval run option]
 
---data defaults to the copies in ../shared/data when run from a torchglm checkout. Each run prints a summary
-line; --output writes a results JSON (metric, counts, settings, model, data file and its SHA-256, and a row per
-example or window) and a log next to it. See docs/evaluation.md.
+--model defaults to the built-in glm-tiny-en; --data to the copies in ../shared/data when run from a checkout.
+Each run prints a summary line; --output writes a results JSON (metric, counts, settings, model, data file and its
+SHA-256, and a row per example or window) and a log next to it. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ log = logging.getLogger("torchglm.evaluate")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="checkpoint folder (config.json + weights + tokenizer files)")
+    common.add_argument(
+        "--model", default="glm-tiny-en",
+        help="checkpoint folder (config.json + weights + tokenizer files), or a built-in model (default glm-tiny-en)",
+    )  # fmt: skip
     common.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     common.add_argument("--device", default="cpu", help="torch device (default cpu)")
     common.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -71,11 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.task == "harness":
         return run_harness(args)
-    if not args.model:
-        raise InputError(
-            "no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
-            "(config.json, weights and tokenizer files), e.g. a released GLM folder."
-        )
     data = args.data or DEFAULT_DATA.get(args.task)
     if data is None:
         raise InputError(f"evaluate {args.task} needs --data FILE")
@@ -88,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from torchglm.fill_cli import load
 
-    try:
-        model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
-    except (OSError, ValueError) as error:
-        raise InputError(f"--model {args.model}: cannot load a GLM from it ({error})") from None
+    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
     log.info("torchglm evaluate %s: model %s (%s, %s), data %s", args.task, args.model, args.dtype, args.device, data)
     started = time.perf_counter()
     result, units = _evaluate(args, model, tokenizer, data)
@@ -213,6 +208,9 @@ def run_harness(args: argparse.Namespace) -> int:
 
     rest = list(args.harness_args)
     if args.model:
+        from torchglm.builtin import resolve
+
+        args.model = resolve(args.model)
         extra = [f"pretrained={args.model}", f"dtype={args.dtype}"]
         if "--model_args" in rest:
             at = rest.index("--model_args") + 1

@@ -6,7 +6,8 @@ echo "Once upon a time" | torchglm fill --model glm-large --stream --sample --to
 torchglm fill --model glm-large --interactive
 
 Texts come from the arguments, else from --file (one per line, "-" for stdin), else from stdin. The model
-folder holds config.json, the weights and the tokenizer files (released folders do).
+folder holds config.json, the weights and the tokenizer files (released folders do); without --model, the
+built-in glm-tiny-en fills the blanks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("texts", nargs="*", help="texts to fill (default: --file, else stdin)")
-    parser.add_argument("--model", help="checkpoint folder (config.json + weights + tokenizer files)")
+    parser.add_argument(
+        "--model", default="glm-tiny-en",
+        help="checkpoint folder (config.json + weights + tokenizer files), or a built-in model (default glm-tiny-en)",
+    )  # fmt: skip
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     parser.add_argument("--file", help="read texts from this file, one per line ('-': stdin)")
     parser.add_argument("--interactive", action="store_true", help="prompt for texts until end of input")
@@ -98,10 +102,15 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
     :class:`InputError` at once (transformers would look it up on the hub and wait for the network)."""
     import torch
 
+    from torchglm.builtin import resolve
     from torchglm.model import GLMForConditionalGeneration
     from torchglm.tokenization import GLMTokenizer
 
     for option, folder in (("--model", model_folder), ("--tokenizer", tokenizer_folder)):
+        try:
+            folder = resolve(folder) if folder is not None else None
+        except FileNotFoundError as error:
+            raise InputError(f"{option}: {error}") from None
         if folder is not None and not Path(folder).is_dir():
             raise InputError(
                 f"{option} {folder}: no such model folder (torchglm loads local folders: config.json, weights "
@@ -159,11 +168,6 @@ class _Streamer:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.model:
-        raise InputError(
-            "no --model given. torchglm has no built-in model yet: pass a checkpoint folder "
-            "(config.json, weights and tokenizer files), e.g. a released GLM folder."
-        )
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     options = options_from_args(args)

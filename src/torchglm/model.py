@@ -243,8 +243,12 @@ class GLMPreTrainedModel(PreTrainedModel):
         Unlike plain transformers, a missing or unexpected weight is an error listing the keys, except the
         parameters of a freshly added head (``_new_head_keys``), which are initialised and reported.
         """
+        from torchglm.builtin import is_builtin, resolve
         from torchglm.checkpoint import check_checkpoint_folder
 
+        if is_builtin(pretrained_model_name_or_path):  # shipped in bf16 to stay small; computed in fp32
+            kwargs.setdefault("dtype", torch.float32)
+        pretrained_model_name_or_path = resolve(pretrained_model_name_or_path)
         check_checkpoint_folder(pretrained_model_name_or_path)
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)

@@ -140,3 +140,50 @@ def test_command_line(shared_dir, tokenizer, corpus, tmp_path):
     assert shards.num_documents == 1
     text = (corpus / "gutenberg" / "blake-poems.txt").read_text()
     assert shards.document(0).tolist() == encode(tokenizer, text.rstrip("\n"))
+
+
+def test_tokenizer_kind_is_honoured_for_vocabulary_files_or_refused(shared_dir):
+    from torchglm.data.prepare import load_tokenizer
+    from torchglm.errors import InputError
+
+    vocab = shared_dir / "data" / "vocab"
+    expected = json.loads((shared_dir / "golden" / "tokenizers.json").read_text())
+    legacy = load_tokenizer(str(vocab / "cog-pretrain.model"), "chinese-legacy")
+    assert legacy.gmask_token_id == 50007 != load_tokenizer(str(vocab / "cog-pretrain.model"), None).gmask_token_id
+    assert "chinese-sp" in expected  # the legacy layout the golden file describes
+    roberta = load_tokenizer(str(vocab / "roberta-vocab.json"), "roberta")
+    assert roberta.glm_kind == "roberta"
+    with pytest.raises(InputError, match="--tokenizer-kind chinese: bert-uncased-vocab.txt is a bert vocabulary"):
+        load_tokenizer(str(vocab / "bert-uncased-vocab.txt"), "chinese")
+    with pytest.raises(InputError, match="no such folder or vocabulary file"):
+        load_tokenizer(str(vocab / "nope.txt"), None)
+
+
+def test_zero_documents_is_an_error(shared_dir, tmp_path, capsys):
+    from torchglm.cli import main
+
+    (tmp_path / "blank.txt").write_text("\n\n   \n")
+    argv = ["prepare-data", str(tmp_path / "blank.txt"), "--output", str(tmp_path / "out"), "--no-progress",
+            "--tokenizer", str(shared_dir / "data" / "vocab" / "bert-uncased-vocab.txt")]  # fmt: skip
+    assert main(argv) == 2
+    assert "read 0 documents" in capsys.readouterr().err
+
+
+def test_a_bad_gzip_is_named_and_binary_files_are_skipped_and_counted(shared_dir, tmp_path, capsys):
+    import os
+
+    from torchglm.cli import main
+
+    vocab = str(shared_dir / "data" / "vocab" / "bert-uncased-vocab.txt")
+    (tmp_path / "broken.txt.gz").write_bytes(gzip.compress(b"some text\n" * 50)[:-20])
+    argv = ["prepare-data", "--tokenizer", vocab, "--no-progress", "--workers", "1"]
+    assert main([*argv, str(tmp_path / "broken.txt.gz"), "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.txt.gz: not a readable gzip file" in err and "Traceback" not in err
+    (tmp_path / "good.txt").write_text("A line of text.\nAnother one.\n")
+    (tmp_path / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + os.urandom(2000))
+    assert main([*argv, str(tmp_path / "good.txt"), str(tmp_path / "image.bin"), "--output", str(tmp_path / "b")]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["documents"] == 2 and manifest["bad_lines"] == 1
+    [bad] = read_bad_lines(tmp_path / "b")
+    assert bad.file.endswith("image.bin") and "binary data" in bad.reason

@@ -130,3 +130,43 @@ def test_a_crafted_metadata_file_runs_nothing_and_is_refused_by_name(tmp_path):
     (path / ".metadata").write_bytes(b"\x80\x04truncated")
     with pytest.raises(CheckpointError, match=r"\.metadata: unreadable checkpoint metadata"):
         Checkpointer(tmp_path / "run", keep_last=2).load(path, fresh, fresh_optimizer)
+
+
+def test_resume_falls_back_past_a_truncated_newest_checkpoint_and_names_it(tmp_path, caplog):
+    model, optimizer = toy()
+    checkpointer = Checkpointer(tmp_path, keep_last=3)
+    older, newest = save(checkpointer, 1, model, optimizer), save(checkpointer, 2, model, optimizer)
+    shard = next(newest.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-16])  # cut short, as by a full disk or a killed copy
+    with caplog.at_level(logging.WARNING, logger="torchglm.train"):
+        assert resolve_resume("latest", tmp_path) == older
+    assert f"skipping {newest}" in caplog.text and f"{shard}: truncated" in caplog.text
+    with pytest.raises(CheckpointError, match=r"\.distcp: truncated: \d+ bytes, its metadata needs \d+"):
+        resolve_resume(str(newest), tmp_path)  # a checkpoint asked for by name is refused, not swapped
+    shard.unlink()
+    (older / "trainer.json").write_text("{not json")
+    with (
+        caplog.at_level(logging.WARNING, logger="torchglm.train"),
+        pytest.raises(CheckpointError, match="no checkpoint"),
+    ):
+        resolve_resume("latest", tmp_path)  # none loads: refused, not a fresh start over the run's logs
+    assert "missing" in caplog.text and "trainer.json: unreadable" in caplog.text
+
+
+def test_the_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
+    import os
+    import subprocess
+    import sys
+
+    from torchglm.train.checkpoint import RunLock
+
+    with RunLock(tmp_path) as lock:
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid()) and lock.held
+        with pytest.raises(CheckpointError, match=rf"in use by a live run \(pid {os.getpid()}"):
+            RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(dead.stdout)
+    with caplog.at_level(logging.WARNING, logger="torchglm.train"), RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert f"left by pid {dead.stdout.strip()}, which is no longer running" in caplog.text

@@ -3,6 +3,7 @@ short by a crash, and bad input refused before any compute."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -42,6 +43,8 @@ def test_tiny_run_learns_and_exports(shards, tmp_path):
     exported = GLMForConditionalGeneration.from_pretrained(tmp_path / "run" / "final")
     trained = trainer.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in exported.state_dict().items())
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "run" / "training.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +234,53 @@ def test_blank_infilling_loss_matches_the_model_loss(shards):
         assert set(sums.parts) == set(BLANK_MODES)
         mode = BLANK_MODES[int(batch["blank_mode"][0])]
         assert float(sums.parts[mode][0]) == pytest.approx(float(sums.total), rel=1e-5)
+
+
+def test_a_second_run_on_a_live_run_folder_is_refused_before_writing(shards, tmp_path):
+    job = tiny_job(shards, tmp_path / "run", train={"steps": 2})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(f"{os.getpid()}\n")  # this test process: alive
+    with pytest.raises(CheckpointError, match=rf"in use by a live run \(pid {os.getpid()}"):
+        train(plan_run(job_config_from_dict(job), world_size=1))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written
+
+
+def test_the_plan_refuses_what_the_run_would_fail_on(shards, tmp_path):
+    """--dry-run runs plan_run: each of these is refused there, before any compute or write."""
+    import math
+
+    def plan(**sections):
+        return plan_run(job_config_from_dict(tiny_job(shards, tmp_path / "run", **sections)), world_size=1)
+
+    for lr in (math.nan, math.inf):
+        with pytest.raises(ConfigError, match="optim.lr"):
+            plan(optim={"lr": lr})
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere: nothing to test then
+            with pytest.raises(ConfigError, match="is not a writable folder"):
+                plan_run(job_config_from_dict(tiny_job(shards, locked / "run")), world_size=1)
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "a-file").write_text("")  # a run folder under a file: unwritable for root too
+    with pytest.raises(ConfigError, match="a-file is not a writable folder"):
+        plan_run(job_config_from_dict(tiny_job(shards, tmp_path / "a-file" / "run")), world_size=1)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    (tmp_path / "broken" / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="model.init_from: .*pytorch_model.bin: the weight file is empty"):
+        plan(model={"preset": "tiny", "overrides": {"vocab_size": 256}, "init_from": str(tmp_path / "broken")})
+
+
+def test_resume_with_another_seed_or_batch_is_refused_before_config_yaml_is_touched(shards, tmp_path):
+    job = tiny_job(shards, tmp_path / "run", train={"steps": 2}, checkpoint={"interval": 1, "keep_last": 1})
+    train(plan_run(job_config_from_dict(job), world_size=1))
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    for change, field_name in (({"seed": 7}, "train.seed"), ({"global_batch_size": 16}, "train.global_batch_size")):
+        changed = tiny_job(shards, tmp_path / "run", train={"steps": 4, **change},
+                           checkpoint={"interval": 1, "keep_last": 1, "resume": "latest"})  # fmt: skip
+        with pytest.raises(CheckpointError, match=f"cannot be resumed exactly with {field_name}"):
+            plan_run(job_config_from_dict(changed), world_size=1)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before

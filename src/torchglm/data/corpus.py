@@ -20,6 +20,7 @@ import glob
 import gzip
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -142,8 +143,13 @@ def plan_items(files: list[Path], fmt: str, chunk_bytes: int) -> list[WorkItem]:
 
 def _read_bytes(item: WorkItem) -> bytes:
     if item.compressed:
-        with gzip.open(item.file, "rb") as f:
-            return f.read()
+        try:
+            with gzip.open(item.file, "rb") as f:
+                return f.read()
+        except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+            from torchglm.errors import InputError
+
+            raise InputError(f"{item.file}: not a readable gzip file ({error})") from None
     with open(item.file, "rb") as f:
         f.seek(item.start)
         return f.read(item.size)
@@ -176,9 +182,14 @@ def _field(record, path: list[str]):
 
 
 def read_documents(item: WorkItem, text_field: str = "text") -> Documents:
-    """Read one work item into documents; bad lines are collected, never raised."""
+    """Read one work item into documents; bad lines (and binary parts) are collected, never raised; an unreadable
+    .gz file is an InputError naming it."""
     out = Documents()
-    lines = _decode_lines(item, _read_bytes(item), out.bad)
+    data = _read_bytes(item)
+    if b"\x00" in data:  # text never holds NUL bytes: a binary file would become garbage training text
+        out.bad.append(BadLine(item.file, item.first_line, "binary data (NUL bytes): this part of the file is skipped"))
+        return out
+    lines = _decode_lines(item, data, out.bad)
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line does not start another one
     first = item.first_line

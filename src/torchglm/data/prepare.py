@@ -392,22 +392,37 @@ def read_bad_lines(folder: str | Path) -> list[BadLine]:
 
 
 # ---------------------------------------------------------------------- CLI
+# The families each bare vocabulary file can be, first the one assumed without --tokenizer-kind.
+_FILE_KINDS = {".model": ("chinese", "chinese-legacy"), ".json": ("gpt2", "roberta"), ".txt": ("bert",)}
+
+
 def load_tokenizer(path: str, kind: str | None):
-    try:
-        from torchglm.tokenization import GLMTokenizer
-    except ImportError as error:  # pragma: no cover - depends on the tokenizer module being installed
-        raise SystemExit(f"prepare-data needs torchglm.tokenization.GLMTokenizer: {error}") from error
+    """The tokenizer of a folder or a bare vocabulary file; ``kind`` is honoured for both, or refused where the
+    file cannot be that family (it was silently ignored for files: glm-10b-chinese got [gMASK] at 50009)."""
+    from torchglm.errors import InputError
+    from torchglm.tokenization import GLMTokenizer
+
     file = Path(path)
+    if not file.exists():
+        raise InputError(f"--tokenizer {path}: no such folder or vocabulary file")
     if file.is_file():  # a bare vocabulary file: vocab.txt (BERT), *.model (SentencePiece), *vocab.json + merges
+        kinds = _FILE_KINDS.get(file.suffix, _FILE_KINDS[".txt"])
+        kind = kind or kinds[0]
+        if kind not in kinds:
+            raise InputError(f"--tokenizer-kind {kind}: {file.name} is a {kinds[0]} vocabulary; use one of {kinds}")
         if file.suffix == ".model":
-            return GLMTokenizer.from_sentencepiece(file)
+            return GLMTokenizer.from_sentencepiece(file, legacy_gmask=kind == "chinese-legacy")
         if file.suffix == ".json":
             merges = file.with_name(file.name.replace("vocab.json", "merges.txt"))
-            if (kind or "gpt2") == "roberta":
-                return GLMTokenizer.from_roberta_vocab(file, merges)
-            return GLMTokenizer.from_gpt2_vocab(file, merges)
+            if not merges.is_file():
+                raise InputError(f"--tokenizer {path}: BPE needs {merges.name} beside it")
+            build = GLMTokenizer.from_roberta_vocab if kind == "roberta" else GLMTokenizer.from_gpt2_vocab
+            return build(file, merges)
         return GLMTokenizer.from_bert_vocab(file)
-    return GLMTokenizer.from_pretrained(path, kind=kind) if kind else GLMTokenizer.from_pretrained(path)
+    try:
+        return GLMTokenizer.from_pretrained(path, kind=kind) if kind else GLMTokenizer.from_pretrained(path)
+    except ValueError as error:
+        raise InputError(f"--tokenizer {path}: {error}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -439,4 +454,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tokenizer_name=args.tokenizer,
     )
+    if manifest.get("complete") and not manifest.get("documents"):
+        from torchglm.errors import InputError
+
+        raise InputError(f"read 0 documents from {', '.join(args.inputs)}: nothing to train on (see {args.output})")
     return 0 if manifest.get("complete") else 1

@@ -183,7 +183,9 @@ def _released_gmask_is_legacy(folder: Path, config: dict[str, Any]) -> bool | No
 
 def load_folder(folder, kind: str | None = None, **options):
     """``GLMTokenizer.from_pretrained``: pick the family, read its files, apply the folder's options."""
-    folder = Path(folder)
+    from torchglm.builtin import resolve
+
+    folder = Path(resolve(folder))
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such tokenizer folder")
     config = _read_config(folder / "tokenizer_config.json")

@@ -105,6 +105,62 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held by one process (rank 0) while it trains: a second ``pretrain`` on
+    a live run is refused, naming the holder's pid, before it writes anything; a lock left by a dead process is
+    taken over with a warning. ``with RunLock(folder): ...``."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(self.path)
+                if holder is not None and _alive(holder):
+                    raise CheckpointError(
+                        f"{self.path.parent} is in use by a live run (pid {holder}, {self.path}); wait for it, "
+                        "or give this run another train.output_dir"
+                    ) from None
+                logger.warning("taking over %s, left by pid %s, which is no longer running", self.path, holder)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w") as out:
+                out.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise CheckpointError(f"{self.path}: could not take the run lock")
+
+    def __exit__(self, *exc) -> None:
+        if self.held and _lock_holder(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def step_dir(folder: Path, step: int) -> Path:
     return folder / f"step-{step:08d}"
 
@@ -114,8 +170,30 @@ def is_complete(path: Path) -> bool:
     return STEP_DIR.match(path.name) is not None and (path / TRAINER_FILE).is_file()
 
 
-def find_latest(folder: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``folder``; partial or damaged ones are skipped with a warning."""
+def verify_checkpoint(path: Path) -> None:
+    """A cheap check that ``path`` will load: ``trainer.json`` parses, ``.metadata`` is safe and readable, and
+    every byte range it names exists (a truncated or missing shard file is a :class:`CheckpointError` naming it).
+    Flipped bits inside a shard are not caught here; they fail the load itself."""
+    try:
+        json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path / TRAINER_FILE}: unreadable ({error})") from None
+    if not (path / ".metadata").is_file():
+        return  # a DeepSpeed checkpoint: its own layout
+    sizes: dict[Path, int] = {}
+    for info in SafeFileSystemReader(path).read_metadata().storage_data.values():
+        file = path / info.relative_path
+        if file not in sizes:
+            sizes[file] = file.stat().st_size if file.is_file() else -1
+        if sizes[file] < info.offset + info.length:
+            state = "missing" if sizes[file] < 0 else f"truncated: {sizes[file]} bytes"
+            raise CheckpointError(f"{file}: {state}, its metadata needs {info.offset + info.length}")
+
+
+def find_latest(folder: str | Path, verify: bool = False) -> Path | None:
+    """The newest complete checkpoint under ``folder``; partial or damaged ones are skipped with a warning.
+    ``verify``: also skip (with a warning naming the file) ones that :func:`verify_checkpoint` rejects, falling
+    back to the newest that will load."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -130,7 +208,16 @@ def find_latest(folder: str | Path) -> Path | None:
                 complete.append(path)
             else:
                 logger.warning("ignoring %s: it lacks %s (not a complete checkpoint)", path, TRAINER_FILE)
-    return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
+    complete.sort(key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
+    for path in complete:
+        if not verify:
+            return path
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as error:
+            logger.warning("skipping %s, falling back to an earlier checkpoint: %s", path, error)
+    return None
 
 
 def resolve_resume(resume: str | None, checkpoints: Path) -> Path | None:
@@ -142,15 +229,19 @@ def resolve_resume(resume: str | None, checkpoints: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "latest":
-        return find_latest(checkpoints)
+        latest = find_latest(checkpoints, verify=True)
+        if latest is None and find_latest(checkpoints) is not None:
+            raise CheckpointError(f"checkpoint.resume: no checkpoint in {checkpoints} loads (see the warnings)")
+        return latest
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"checkpoint.resume: {path} does not exist")
     if is_complete(path):
+        verify_checkpoint(path)  # a named checkpoint is loaded or refused, never swapped for another
         return path
     if path.name.endswith(PARTIAL_SUFFIX):
         raise CheckpointError(f"checkpoint.resume: {path} is an interrupted (partial) checkpoint save")
-    latest = find_latest(path) or find_latest(path / "checkpoints")
+    latest = find_latest(path, verify=True) or find_latest(path / "checkpoints", verify=True)
     if latest is None:
         raise CheckpointError(f"checkpoint.resume: {path} holds no complete checkpoint (step-N with {TRAINER_FILE})")
     return latest

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -215,6 +216,12 @@ class JobConfig:
             )
         if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        for name in ("lr", "eps", "weight_decay", "clip_grad"):
+            value = getattr(o, name, None)
+            if isinstance(value, float | int) and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.{name} must be a finite number >= 0, got {value}")
+        if not o.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
         if self.parallel.engine == "deepspeed" and self.parallel.tp_size != 1:
             raise ConfigError("parallel.tp_size > 1 needs parallel.engine: fsdp (DeepSpeed ZeRO is data-parallel only)")
 

@@ -125,3 +125,39 @@ def _step_of(line: str) -> int:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError):
         return 0
+
+
+def plot_log(log_path: str | Path, png_path: str | Path, title: str | None = None) -> Path | None:
+    """A PNG of a run's ``log.jsonl``: training loss (and per blank mode) and evaluation loss against step, the
+    learning rate beside them. Returns the path, or None without matplotlib (``pip install torchglm[train]``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: no plot of %s", log_path)
+        return None
+    records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r and "step" in r]
+    evals = [r for r in records if "eval/loss" in r]
+    figure, (losses, rates) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    losses.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue")
+    for key, color in (("loss/token", "tab:cyan"), ("loss/sentence", "tab:olive"), ("loss/document", "tab:purple")):
+        points = [(r["step"], r[key]) for r in train if key in r]
+        if points:
+            losses.plot(*zip(*points, strict=True), label=key, color=color, alpha=0.45, linewidth=0.8)
+    if evals:
+        losses.plot([r["step"] for r in evals], [r["eval/loss"] for r in evals], "o-", label="eval loss",
+                    color="tab:red")  # fmt: skip
+    losses.set(xlabel="step", ylabel="cross-entropy (nats per target token)", title=title or Path(log_path).parent.name)
+    losses.grid(alpha=0.3)
+    losses.legend()
+    rates.plot([r["step"] for r in train], [r.get("lr", float("nan")) for r in train], color="tab:green")
+    rates.set(xlabel="step", ylabel="learning rate", title="schedule")
+    rates.grid(alpha=0.3)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+    return png_path

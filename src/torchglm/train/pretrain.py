@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,9 @@ from torchglm.data import (
 from torchglm.losses import BlankInfillingLoss
 from torchglm.model import training_flops
 
-from .checkpoint import CheckpointError, check_compatible, find_latest, resolve_resume
+from .checkpoint import CheckpointError, RunLock, check_compatible, find_latest, resolve_resume
 from .config import ConfigError, JobConfig, check_world, load_job_config, override_options
-from .logging import MetricLogger, setup_console_logging
+from .logging import MetricLogger, plot_log, setup_console_logging
 from .parallel import World, close_distributed, init_distributed, world_size_from_env
 from .recipe import build_model, build_trainer, export_model
 from .trainer import Trainer
@@ -169,7 +170,16 @@ def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
             "another train.output_dir"
         )
     if resume_from is not None:
-        check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
+        saved = check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
+        _check_same_run(resume_from, saved.get("config", {}), job)
+    _check_writable(Path(job.train.output_dir))
+    if job.model.init_from:
+        from torchglm.checkpoint import check_checkpoint_folder
+
+        try:
+            check_checkpoint_folder(job.model.init_from)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.init_from: {error}") from None
     return Plan(job, model_config, blanks, world_size, dp, accumulation, resume_from, train_shards, eval_shards)
 
 
@@ -211,17 +221,50 @@ def build_streams(plan: Plan, world: World):
     return train_data, eval_data
 
 
+def _check_same_run(path: Path, saved: dict, job: JobConfig) -> None:
+    """What exact resume needs unchanged besides the model: the seed and the batch sizes (the data position and
+    RNG states were saved for those). Checked before anything is written, so config.yaml is never overwritten."""
+    now = job.to_dict()
+    fields = [("train", "seed"), ("train", "global_batch_size"), ("train", "micro_batch_size")]
+    changed = [
+        f"{section}.{key}: checkpoint {saved[section][key]!r} vs this run {now[section][key]!r}"
+        for section, key in fields
+        if section in saved and key in saved[section] and saved[section][key] != now[section][key]
+    ]
+    if changed:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed exactly with {', '.join(changed)}")
+
+
+def _check_writable(folder: Path) -> None:
+    """The run folder (or the nearest folder that exists above it) must be writable, before any compute."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir {folder}: {probe} is not a writable folder")
+    checkpoints = folder / "checkpoints"
+    if checkpoints.exists() and not os.access(checkpoints, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir {folder}: {checkpoints} is not writable (the first save would fail)")
+
+
 def train(plan: Plan) -> Trainer:
     """Run the planned job in this process (one of torchrun's, or alone); returns the finished trainer."""
     job = plan.job
     world = init_distributed(job.train.device, job.parallel.tp_size, job.parallel.backend)
     setup_console_logging(world.rank)
     out = plan.output_dir
+    lock = RunLock(out)
     if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        lock.__enter__()  # before the first write: a second run on a live folder is refused here
         (out / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
     world.barrier()
+    try:
+        return _train(plan, job, world, out)
+    finally:
+        lock.__exit__(None, None, None)
 
+
+def _train(plan: Plan, job: JobConfig, world: World, out: Path) -> Trainer:
     model = build_model(job, plan.model_config, world)
     torch.manual_seed(job.train.seed + 1 + world.dp_rank)  # dropout: shared by TP peers, different per replica
     train_data, eval_data = build_streams(plan, world)
@@ -247,8 +290,27 @@ def train(plan: Plan) -> Trainer:
         trainer.train()
         if job.checkpoint.export_final:
             export_model(trainer, plan.model_config, world, out / "final", job.parallel.tp_size)
-            metrics.message(f"exported the final model to {out / 'final'}")
+            if world.is_main:
+                metrics.message(f"exported the final model to {out / 'final'}{_add_tokenizer(plan, out / 'final')}")
+    if world.rank == 0 and (out / "log.jsonl").is_file():
+        plot_log(out / "log.jsonl", out / "training.png")  # the curves, for people who would rather look
     return trainer
+
+
+def _add_tokenizer(plan: Plan, folder: Path) -> str:
+    """Save the tokenizer the shards were made with into the exported folder, so that ``from_pretrained`` and
+    ``torchglm fill`` load it alone. Returns a note for the log."""
+    name = plan.train_shards.manifest.get("tokenizer", {}).get("name")
+    if not name or not Path(name).exists():
+        return f" (no tokenizer files: the shards' tokenizer {name!r} is not here; copy them in by hand)"
+    from torchglm.data.prepare import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name, None)
+    except (OSError, ValueError) as error:
+        return f" (no tokenizer files: {name} did not load: {error})"
+    tokenizer.save_pretrained(folder)
+    return f" with the tokenizer of {name}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
