@@ -36,11 +36,11 @@ def test_shipped_config_parses(path):
     assert blanks.seq_length <= config.max_sequence_length
     assert job.train.global_batch_size % job.train.micro_batch_size == 0
     assert job.optim.weight_decay > 0 and job.optim.clip_grad == 1.0
-    if path.stem != "tiny":
+    if path.stem in ORIGINAL_PRESETS:  # the original runs (tiny and glm-tiny-en are CPU runs of our own)
         assert job.model.preset == path.stem
         assert job.train.precision == "bf16" and job.parallel.activation_checkpointing
-        # mirrors the dataclasses: re-reading the resolved YAML gives the same job
-        assert job_config_from_dict(read_yaml_text(job.to_yaml())) == job
+    # mirrors the dataclasses: re-reading the resolved YAML gives the same job
+    assert job_config_from_dict(read_yaml_text(job.to_yaml())) == job
 
 
 def read_yaml_text(text: str) -> dict:
