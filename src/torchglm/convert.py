@@ -128,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = convert(args.source, args.output, args.preset, args.config_file, args.dtype, args.model_parallel)
+    from torchglm.errors import InputError
+
+    try:
+        output = convert(args.source, args.output, args.preset, args.config_file, args.dtype, args.model_parallel)
+    except (OSError, ValueError) as error:  # the user's paths, a preset that does not fit: one line, exit 2
+        raise InputError(str(error)) from None
     print(f"wrote {output}")
     return 0

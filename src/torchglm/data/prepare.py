@@ -258,6 +258,7 @@ def prepare_data(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
+    expand_inputs(inputs)  # no input file is an error before the output folder exists
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     handlers = _setup_logging(output)
@@ -441,8 +442,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from torchglm.errors import InputError
+
     tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_kind)
-    manifest = prepare_data(
+    try:
+        manifest = _prepare_from_args(args, tokenizer)
+    except (OSError, ValueError) as error:  # missing inputs, a folder of other shards: one line, exit 2
+        raise InputError(str(error)) from None
+    if manifest.get("complete") and not manifest.get("documents"):
+        raise InputError(f"read 0 documents from {', '.join(args.inputs)}: nothing to train on (see {args.output})")
+    return 0 if manifest.get("complete") else 1
+
+
+def _prepare_from_args(args: argparse.Namespace, tokenizer) -> dict:
+    return prepare_data(
         args.inputs,
         args.output,
         tokenizer,
@@ -454,8 +467,3 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tokenizer_name=args.tokenizer,
     )
-    if manifest.get("complete") and not manifest.get("documents"):
-        from torchglm.errors import InputError
-
-        raise InputError(f"read 0 documents from {', '.join(args.inputs)}: nothing to train on (see {args.output})")
-    return 0 if manifest.get("complete") else 1
