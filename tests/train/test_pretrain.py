@@ -284,3 +284,15 @@ def test_resume_with_another_seed_or_batch_is_refused_before_config_yaml_is_touc
         with pytest.raises(CheckpointError, match=f"cannot be resumed exactly with {field_name}"):
             plan_run(job_config_from_dict(changed), world_size=1)
     assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
+def test_a_truncated_token_shard_is_named_by_the_plan(shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "train"
+    shutil.copytree(shards["train"], copy)
+    shard = sorted(copy.glob("*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    job = tiny_job({"train": copy, "eval": shards["eval"]}, tmp_path / "run")
+    with pytest.raises(ConfigError, match=rf"data.path: {shard}: \d+ bytes, the manifest says \d+"):
+        plan_run(job_config_from_dict(job), world_size=1)

@@ -153,6 +153,7 @@ class TokenShards:
         self.buffers: list[np.ndarray] = []
         lengths, shard_of, offsets = [], [], []
         for number, entry in enumerate(self.manifest["shards"]):
+            self._check_sizes(entry)
             if verify:
                 self._verify(entry)
             index = np.fromfile(self.folder / f"{entry['name']}.idx", dtype="<i8")
@@ -167,6 +168,19 @@ class TokenShards:
         self.doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         self.doc_offsets = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
         self.doc_shards = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int32)
+
+    def _check_sizes(self, entry: dict) -> None:
+        """The fast check on every open: each shard file exists with the size its manifest entry implies, so a
+        truncated or missing shard is named here rather than read as garbage (``verify=True``: full SHA-256)."""
+        expected = {"bin": int(entry["tokens"]) * self.dtype.itemsize, "idx": (int(entry["documents"]) + 1) * 8}
+        for suffix, size in expected.items():
+            path = self.folder / f"{entry['name']}.{suffix}"
+            actual = path.stat().st_size if path.is_file() else None
+            if actual is None and suffix == "bin" and size == 0:
+                continue  # a shard of empty documents has no .bin
+            if actual != size:
+                state = "missing" if actual is None else f"{actual} bytes"
+                raise ValueError(f"{path}: {state}, the manifest says {size} (a truncated or damaged shard)")
 
     def _verify(self, entry: dict) -> None:
         for suffix in ("bin", "idx"):

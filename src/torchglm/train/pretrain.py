@@ -124,7 +124,10 @@ def open_shards(path: str | None, what: str) -> TokenShards | None:
             f"{what} {folder} holds no token shards (no manifest.json): run `torchglm prepare-data INPUTS "
             f"--output {folder}` first"
         )
-    shards = TokenShards(folder)
+    try:
+        shards = TokenShards(folder)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{what}: {error}") from None
     if shards.num_tokens == 0:
         raise ConfigError(f"{what} {folder} holds no tokens (its shards are empty)")
     return shards
