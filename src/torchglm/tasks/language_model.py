@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torchglm.errors import InputError
@@ -137,8 +137,7 @@ class LambadaResult:
         return f"LAMBADA ({mode}): accuracy {self.accuracy:.4f} ({self.correct}/{self.total})"
 
     def to_dict(self) -> dict:
-        return {"task": "lambada", "metric": "accuracy", "accuracy": self.accuracy, "correct": self.correct,
-                "total": self.total, "settings": self.settings, "examples": self.examples}  # fmt: skip
+        return {"task": "lambada", "metric": "accuracy", **asdict(self)}
 
 
 def evaluate_lambada(
@@ -298,9 +297,7 @@ class PerplexityResult:
         )
 
     def to_dict(self) -> dict:
-        return {"task": "perplexity", "metric": "ppl", "ppl": self.ppl, "adjusted_ppl": self.adjusted_ppl,
-                "total_nll": self.total_nll, "scored_tokens": self.scored_tokens, "num_tokens": self.num_tokens,
-                "num_words": self.num_words, "settings": self.settings, "windows": self.windows}  # fmt: skip
+        return {"task": "perplexity", "metric": "ppl", **asdict(self)}
 
 
 def _exp(x: float) -> float:

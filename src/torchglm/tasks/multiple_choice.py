@@ -10,7 +10,7 @@ the choices; each choice is a block scored by the sum of its tokens' log-probabi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torchglm.errors import InputError
@@ -67,8 +67,7 @@ class MultipleChoiceResult:
         return f"multiple choice: accuracy {self.accuracy:.4f} ({self.correct}/{self.total})"
 
     def to_dict(self) -> dict:
-        return {"task": "multichoice", "metric": "accuracy", "accuracy": self.accuracy, "correct": self.correct,
-                "total": self.total, "settings": self.settings, "examples": self.examples}  # fmt: skip
+        return {"task": "multichoice", "metric": "accuracy", **asdict(self)}
 
 
 def evaluate_multiple_choice(

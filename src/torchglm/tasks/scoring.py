@@ -172,21 +172,21 @@ def score_rows(
 
 
 def _batches(rows, batch_size: int, waste: float = 1.25) -> list[list[int]]:
-    def lengths(r):
-        return len(rows[r][0]), max(len(b) for b in rows[r][1]), len(rows[r][1])
-
-    order = sorted(range(len(rows)), key=lambda r: lengths(r)[:2])
+    """Row indices in batches: sorted by part-A length, a batch closed at ``batch_size`` rows or where padding
+    (every part A to the longest, every block to the longest) would cost more than ``waste`` x the real work."""
+    sizes = [(len(part_a), max(len(b) for b in blocks), len(blocks)) for part_a, blocks in rows]
     batches: list[list[int]] = []
     chunk: list[int] = []
-    for r in order:
-        candidate = chunk + [r]
-        sizes = [lengths(i) for i in candidate]
-        padded = max(a for a, _, _ in sizes) * len(sizes) + max(b for _, b, _ in sizes) * sum(n for *_, n in sizes)
-        real = sum(a + b * n for a, b, n in sizes)
-        if chunk and (len(candidate) > batch_size or padded > waste * real):
+    longest_a = longest_block = blocks = real = 0
+    for r in sorted(range(len(rows)), key=lambda r: sizes[r][:2]):
+        a, b, n = sizes[r]
+        grown = (max(longest_a, a), max(longest_block, b), blocks + n, real + a + b * n)
+        padded = grown[0] * (len(chunk) + 1) + grown[1] * grown[2]
+        if chunk and (len(chunk) == batch_size or padded > waste * grown[3]):
             batches.append(chunk)
-            candidate = [r]
-        chunk = candidate
+            chunk, grown = [], (a, b, n, a + b * n)
+        chunk.append(r)
+        longest_a, longest_block, blocks, real = grown
     if chunk:
         batches.append(chunk)
     return batches

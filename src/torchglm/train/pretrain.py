@@ -14,6 +14,7 @@ built: config keys and types, batch sizes against the world size, the token shar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -256,15 +257,12 @@ def train(plan: Plan) -> Trainer:
     world = init_distributed(job.train.device, job.parallel.tp_size, job.parallel.backend)
     setup_console_logging(world.rank)
     out = plan.output_dir
-    lock = RunLock(out)
-    if world.is_main:
-        lock.__enter__()  # before the first write: a second run on a live folder is refused here
-        (out / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
-    world.barrier()
-    try:
+    # rank 0 locks the run folder before its first write: a second run on a live folder is refused here
+    with RunLock(out) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            (out / "config.yaml").write_text(job.to_yaml(), encoding="utf-8")
+        world.barrier()
         return _train(plan, job, world, out)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _train(plan: Plan, job: JobConfig, world: World, out: Path) -> Trainer:
