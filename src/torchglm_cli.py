@@ -1,4 +1,4 @@
-"""The ``torchglm`` command's entry point: ``torchglm fill|pretrain|evaluate|convert|prepare-data``.
+"""The ``torchglm`` command's entry point: ``torchglm fill|pretrain|finetune|evaluate|summarize|convert|prepare-data``.
 
 It lives outside the package so that ``torchglm --help`` and ``--version`` answer at once: importing ``torchglm``
 registers its model classes with transformers, which imports torch and transformers (~4 s). A command runs from
@@ -15,7 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("torchglm.convert", "convert original or released checkpoints to torchglm folders"),
     "pretrain": ("torchglm.train.pretrain", "pretrain GLM (one process, or torchrun: FSDP2 / TP / DeepSpeed)"),
     "prepare-data": ("torchglm.data.prepare", "tokenize corpora into memory-mapped token shards (resumable)"),
-    "evaluate": ("torchglm.evaluate_cli", "zero-shot LAMBADA, perplexity, multiple choice; lm-eval backend"),
+    "evaluate": ("torchglm.evaluate_cli", "zero-shot LAMBADA, perplexity, multiple choice, ROUGE; lm-eval backend"),
+    "finetune": ("torchglm.train.finetune", "finetune on a task (seq2seq: summaries, questions)"),
+    "summarize": ("torchglm.seq2seq_cli", "summarize documents (one per line, or jsonl) with a seq2seq model"),
 }
 
 

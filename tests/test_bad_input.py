@@ -14,6 +14,10 @@ def files(shared_dir, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a b"}\n{"nope": 1}\n')
     (tmp_path / "blank.txt").write_text("\n \n")
     (tmp_path / "words.txt").write_text("some words to score\n")
+    (tmp_path / "pair.source").write_text("first document\nsecond document\n")
+    (tmp_path / "pair.target").write_text("first summary\n")
+    (tmp_path / "nosum.jsonl").write_text('{"document": "a text"}\n')
+    (tmp_path / "emptydoc.jsonl").write_text('{"document": "a b", "summary": "c"}\n{"document": " ", "summary": "d"}\n')
     return {
         "model": str(shared_dir / "golden" / "glm-ref-fill"),
         "mp2": str(shared_dir / "golden" / "glm-ref-tiny-mp2"),
@@ -41,6 +45,21 @@ CASES = [
     (["evaluate", "wikitext", "--model", "{model}", "--data", "{tmp}/empty.txt"], "the file is empty"),
     (["evaluate", "wikitext", "--model", "{model}", "--data", "{tmp}/words.txt", "--seq-length", "4"], "too short"),
     (["evaluate", "multichoice", "--model", "{model}", "--data", "{tmp}/missing.jsonl"], "no such file"),
+    (["evaluate", "seq2seq", "--task", "xsum", "--model", "{model}", "--data", "{tmp}/pair.source", "--output",
+      "{tmp}/out"], "pair.source has 2 lines but {tmp}/pair.target has 1"),
+    (["evaluate", "seq2seq", "--task", "xsum", "--model", "{model}", "--data", "{tmp}/nosum.jsonl", "--output",
+      "{tmp}/out"], 'nosum.jsonl, line 1: field "summary" is missing'),
+    (["evaluate", "seq2seq", "--task", "xsum", "--model", "{model}", "--data", "{tmp}/emptydoc.jsonl", "--output",
+      "{tmp}/out"], 'emptydoc.jsonl, line 2: field "document" is empty'),
+    (["evaluate", "seq2seq", "--task", "xsum", "--model", "{model}", "--data", "{tmp}/emptydoc.jsonl",
+      "--num-beams", "0"], "--num-beams must be an integer >= 1"),
+    (["summarize", "{tmp}/missing.txt", "--model", "{model}"], "no such file"),
+    (["summarize", "{tmp}/blank.txt", "--model", "{model}", "--output", "{tmp}/out.txt"], "the file is empty"),
+    (["finetune", "seq2seq", "--model", "{model}", "--data", "{tmp}/nope", "--output", "{tmp}/run"],
+     "{tmp}/nope: no such file or folder"),
+    (["finetune", "seq2seq", "--data", "{tmp}", "--output", "{tmp}/run"], "model.init_from (--model) is empty"),
+    (["finetune", "seq2seq", "--model", "{model}", "--data", "{tmp}", "--output", "{tmp}/run", "--optim.lr", "0"],
+     "optim.lr must be > 0"),
 ]  # fmt: skip
 
 
@@ -48,7 +67,7 @@ CASES = [
 def test_bad_input_is_one_line_and_exit_status_2(files, capsys, argv, words):
     before = sorted(p.name for p in files["tmp"].iterdir())
     argv = [a.format(**files) for a in argv]
-    assert main([*argv, "--no-progress"] if argv[0] in ("evaluate", "prepare-data") else argv) == 2
+    assert main([*argv, "--no-progress"] if argv[0] in ("evaluate", "prepare-data", "summarize") else argv) == 2
     err = capsys.readouterr().err
     assert words.format(**files) in err and "Traceback" not in err, err
     assert sorted(p.name for p in files["tmp"].iterdir()) == before  # no output left behind

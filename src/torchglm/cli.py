@@ -1,4 +1,5 @@
-"""One command line: ``torchglm fill|pretrain|evaluate|convert|prepare-data`` (entry point: ``torchglm_cli``).
+"""One command line: ``torchglm fill|pretrain|finetune|evaluate|summarize|convert|prepare-data``
+(entry point: ``torchglm_cli``).
 
 Each command is a thin layer over a Python function; its module owns its argument parser
 (``add_arguments(parser)``) and entry point (``run(args)``), so this file only builds the parser of the command

@@ -3,6 +3,7 @@
 torchglm evaluate lambada [--model DIR] [--data lambada_test.jsonl] [--unidirectional] [--output results.json]
 torchglm evaluate wikitext --model DIR [--data wiki.test.tokens] [--seq-length 512] [--overlap 256]
 torchglm evaluate multichoice --model DIR --data choices.jsonl [--length-normalize]
+torchglm evaluate seq2seq --task xsum --model DIR --data test.jsonl --output DIR   (ROUGE; see docs/seq2seq.md)
 torchglm evaluate harness --model DIR --tasks TASK [--include_path DIR] [any other lm_eval run option]
 
 --model defaults to the built-in glm-tiny-en; --data to the copies in ../shared/data when run from a checkout.
@@ -63,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     choice = tasks.add_parser("multichoice", help="zero-shot multiple choice from a JSON-lines file", **kinds)
     choice.add_argument("--length-normalize", action="store_true", help="rank choices by mean token log-prob")
+    from torchglm.seq2seq_cli import add_evaluate_arguments
+
+    add_evaluate_arguments(
+        tasks.add_parser(
+            "seq2seq", help="summaries or questions decoded and scored with ROUGE",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )  # fmt: skip
     harness = tasks.add_parser(
         "harness",
         help="lm-evaluation-harness (pip install torchglm[eval]): other options go to lm_eval run",
@@ -74,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.task == "harness":
         return run_harness(args)
+    if args.task == "seq2seq":
+        from torchglm.seq2seq_cli import run_evaluate
+
+        return run_evaluate(args)
     data = args.data or DEFAULT_DATA.get(args.task)
     if data is None:
         raise InputError(f"evaluate {args.task} needs --data FILE")
@@ -160,12 +173,13 @@ class _progress:
             self.bar.close()
 
 
-def _setup_logging(output: Path | None) -> None:
+def _setup_logging(output: Path | None, stream=None) -> None:
+    """Messages to ``stream`` (default stdout) and, with ``output``, to a .log file beside it."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for handler in list(log.handlers):
         log.removeHandler(handler)
-    terminal = logging.StreamHandler(sys.stdout)
+    terminal = logging.StreamHandler(stream or sys.stdout)
     terminal.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(terminal)
     if output is not None:

@@ -40,6 +40,13 @@ class GenerationOptions:
     early_stopping: bool | str = False
     """Beam search: True ends a blank once num_beams fills finished; False once no running beam is likely to
     beat them (transformers' heuristic); "never" once none can (exact for length_penalty <= 0)."""
+    beam_scorer: str = "transformers"
+    """How beam search measures a fill's length and when it stops. "transformers": the length counts the end
+    token, a text stops once its best running beam divided by the tokens so far cannot beat its finished fills.
+    "glm": the original GLM's seq2seq scorer (its copy of an early transformers ``BeamSearchScorer``): the
+    length leaves the end token out, the stop test divides the step's best candidate by the tokens before the
+    step, beams still running at max_new_tokens join the finished fills, and greedy search (num_beams=1) is a
+    one-beam search, so its score is length-normalised too."""
     no_repeat_ngram_size: int = 0
     """Ban any n-gram of this size from repeating inside one fill (0: off)."""
     repetition_penalty: float = 1.0
@@ -81,6 +88,10 @@ class GenerationOptions:
             raise ValueError(
                 f"GenerationOptions.early_stopping must be True, False or 'never', got {self.early_stopping!r}"
             )
+        if self.beam_scorer not in ("transformers", "glm"):
+            raise ValueError(f"GenerationOptions.beam_scorer must be 'transformers' or 'glm', got {self.beam_scorer!r}")
+        if self.beam_scorer == "glm" and self.do_sample:
+            raise ValueError("GenerationOptions: beam_scorer 'glm' is a beam search; it does not sample")
         if self.num_return_sequences > self.num_beams:
             raise ValueError(
                 f"GenerationOptions.num_return_sequences ({self.num_return_sequences}) is over num_beams "
@@ -107,19 +118,20 @@ def build_logits_processors(
     """``(processors, warpers)`` from transformers' classes, in the order ``generate`` applies them.
 
     Processors shape the scores for every strategy (beam search applies them to log-probabilities, as
-    transformers does); warpers only reshape the sampling distribution. They are called with the blank's own
-    block (``<|startofpiece|>`` and the tokens so far) as ``input_ids``: repetition is judged inside a fill, not
-    against the context, which a fill is often meant to echo.
+    transformers does); warpers only reshape the sampling distribution. They are called with the tokens
+    generated so far for the blank as ``input_ids`` (not the context, not ``<|startofpiece|>``): repetition is
+    judged inside a fill, not against the context, which a fill is often meant to echo; the original GLM's
+    seq2seq decoding does the same.
     """
     processors = LogitsProcessorList()
     if options.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(float(options.repetition_penalty), prompt_ignore_length=1))
+        processors.append(RepetitionPenaltyLogitsProcessor(float(options.repetition_penalty)))
     if options.no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
     if options.banned_ids:
         processors.append(SuppressTokensLogitsProcessor(options.banned_ids, device=device))
     if options.min_new_tokens:
-        processors.append(MinNewTokensLengthLogitsProcessor(1, options.min_new_tokens, list(stop_ids), device=device))
+        processors.append(MinNewTokensLengthLogitsProcessor(0, options.min_new_tokens, list(stop_ids), device=device))
     warpers = LogitsProcessorList()
     if options.do_sample:
         if options.temperature != 1.0:

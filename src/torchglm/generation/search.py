@@ -3,8 +3,8 @@
 Every text of a :class:`~torchglm.generation.state.DecodingState` that is ``active`` decodes one block at its
 blank: ``<|startofpiece|>`` at (blank position, block position 1), then one token per step at block positions
 2, 3, ..., until an end token or ``max_new_tokens``. Greedy search and sampling use one row per text; beam search
-``num_beams`` consecutive rows per text (``state.fork(num_beams)`` first). The processors see the block itself
-(start token and the tokens so far) as ``input_ids``: repetition is judged inside a fill, not against the context.
+``num_beams`` consecutive rows per text (``state.fork(num_beams)`` first). The processors see the tokens generated
+so far for the block as ``input_ids``: repetition is judged inside a fill, not against the context.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def search_block(search: BlockSearch) -> list[list[Hypothesis] | None]:
     """Decode one block of every active text; per text the best ``num_return_sequences`` hypotheses, best first
     (one for greedy search and sampling), None for inactive texts. Beam search leaves the cache holding the final
     beams' keys: crop it to its length before the search to feed something else."""
-    if search.options.num_beams > 1:
+    if search.options.num_beams > 1 or search.options.beam_scorer == "glm":
         return _beam_search(search)
     return _greedy_or_sample(search)
 
@@ -72,7 +72,7 @@ def _greedy_or_sample(search: BlockSearch) -> list[list[Hypothesis] | None]:
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
     for k in range(limit):
         logits = state.step(tokens, search.text_positions, k + 1, running)
-        processed = search.processors(block, logits.float())
+        processed = search.processors(block[:, 1:], logits.float())
         if options.do_sample:
             probs = F.softmax(search.warpers(block, processed), dim=-1)
             chosen = torch.multinomial(probs, 1, generator=search.generator).squeeze(1)
@@ -104,12 +104,14 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
 
     As in transformers: each step keeps the (1 + number of stop ids) * beams best continuations of all beams (at
     least 2 * beams), so that at least ``beams`` of them do not end on a stop id; those of the first
-    ``beams`` that end (an end token, or max_new_tokens reached) join the finished hypotheses, scored by summed
-    log-probability / (generated tokens, end token included) ** length_penalty; the best ``beams`` that do not
-    end continue. A text is done by ``early_stopping`` (see GenerationOptions) or at max_new_tokens.
+    ``beams`` that end join the finished hypotheses, scored by summed log-probability / length **
+    length_penalty; the best ``beams`` that do not end continue. ``options.beam_scorer`` says what the length
+    counts, when a text is done and what happens at max_new_tokens (see GenerationOptions); ``early_stopping``
+    True ends a text as soon as it has ``beams`` finished hypotheses.
     """
     state, options = search.state, search.options
     beams, limit, penalty = options.num_beams, options.max_new_tokens, options.length_penalty
+    glm = options.beam_scorer == "glm"
     batch, pad, device = len(search.active), state.pad_id, search.active.device
     if state.rows != batch * beams:
         raise ValueError(f"beam search over {batch} texts x {beams} beams needs {batch * beams} rows, not {state.rows}")
@@ -120,48 +122,52 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
     beam_scores = torch.full((batch, beams), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams hold the same block at first: let only one of them expand
     done = ~search.active
-    best_scores = torch.full((batch, beams), float("-inf"), device=device)  # finished hypotheses, best first
-    best_tokens = torch.full((batch, beams, limit), pad, dtype=torch.long, device=device)
-    best_lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
-    best_stopped = torch.zeros((batch, beams), dtype=torch.bool, device=device)
+    best = _Finished(batch, beams, limit, pad, device)
     width = max(2, 1 + len(search.stop_ids)) * beams  # candidates kept per step, as transformers keeps
     first_k = torch.arange(width, device=device) < beams
     row_offsets = torch.arange(batch, device=device)[:, None] * beams
     for k in range(limit):
+        last = k + 1 == limit
         feeds = ~done.repeat_interleave(beams)
         logits = state.step(tokens, row_positions, k + 1, feeds)
-        log_probs = search.processors(block, F.log_softmax(logits.float(), dim=-1))  # [B*K, V]
+        log_probs = search.processors(block[:, 1:], F.log_softmax(logits.float(), dim=-1))  # [B*K, V]
         vocab = log_probs.shape[-1]
         candidates = (log_probs + beam_scores.view(-1, 1)).view(batch, beams * vocab)
         top_scores, top_index = candidates.topk(min(width, beams * vocab), dim=1)  # [B, W], best first
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_stop = torch.isin(top_token, search.stop_ids)
-        ends = is_stop | (k + 1 == limit)
+        # glm: only an end token finishes here (the beams running at the limit join below); transformers: the
+        # first candidates finish at the limit too
+        ends = is_stop if glm else is_stop | last
 
         # finished hypotheses: the candidate's block (minus the start) plus its token unless it is the end token
         history = block[:, 1:].view(batch, beams, k).gather(1, top_beam[..., None].expand(-1, -1, k))
         candidate_tokens = torch.cat([history, torch.where(is_stop, pad, top_token)[..., None]], dim=2)
-        candidate_tokens = F.pad(candidate_tokens, (0, limit - k - 1), value=pad)  # [B, W, limit]
+        lengths = k + 1 - is_stop.long()  # generated tokens, the end token left out
         finishing = ends & first_k[: ends.shape[1]] & ~done[:, None] & torch.isfinite(top_scores)
-        normalized = torch.where(finishing, top_scores / float(k + 1) ** penalty, float("-inf"))
-        merged_scores = torch.cat([best_scores, normalized], dim=1)
-        best_scores, keep = merged_scores.topk(beams, dim=1)
-        best_tokens = torch.cat([best_tokens, candidate_tokens], dim=1).gather(1, keep[..., None].expand(-1, -1, limit))
-        best_lengths = torch.cat([best_lengths, (k + 1 - is_stop.long())], dim=1).gather(1, keep)
-        best_stopped = torch.cat([best_stopped, is_stop], dim=1).gather(1, keep)
+        divisor = lengths.clamp(min=1).float() if glm else torch.full_like(top_scores, k + 1)
+        best.add(finishing, top_scores / divisor**penalty, candidate_tokens, lengths, is_stop)
 
         # running beams: the best continuations that do not end
         running_scores = torch.where(ends, float("-inf"), top_scores)
         beam_scores, order = running_scores.topk(beams, dim=1)
         next_beam, next_token = top_beam.gather(1, order), top_token.gather(1, order)
-        full = torch.isfinite(best_scores).all(dim=1)
+        full = torch.isfinite(best.scores).all(dim=1)
         if options.early_stopping is True:
             done = done | full
         else:
-            horizon = limit if options.early_stopping == "never" and penalty > 0 else k + 1
-            best_possible = beam_scores[:, 0] / float(horizon) ** penalty
-            done = done | (full & (best_possible <= best_scores[:, -1]))
-        if k + 1 == limit or bool(done.all()):
+            if glm:  # the step's best candidate over the tokens generated before it
+                best_possible = top_scores[:, 0] / float(max(k, 1)) ** penalty
+            else:
+                horizon = limit if options.early_stopping == "never" and penalty > 0 else k + 1
+                best_possible = beam_scores[:, 0] / float(horizon) ** penalty
+            done = done | (full & (best_possible <= best.scores[:, -1]))
+        if last and glm:  # the beams still running join the finished ones, unless the text is done
+            live = ~done[:, None] & torch.isfinite(beam_scores)
+            live_tokens = candidate_tokens.gather(1, order[..., None].expand(-1, -1, limit))
+            no_stop = torch.zeros_like(live)
+            best.add(live, beam_scores / float(limit) ** penalty, live_tokens, torch.full_like(order, limit), no_stop)
+        if last or bool(done.all()):
             break
         rows = (row_offsets + next_beam).flatten()
         state.reorder(rows)
@@ -175,9 +181,29 @@ def _beam_search(search: BlockSearch) -> list[list[Hypothesis] | None]:
             continue
         found = []
         for j in range(options.num_return_sequences):
-            if not torch.isfinite(best_scores[b, j]):
+            if not torch.isfinite(best.scores[b, j]):
                 break  # fewer finished hypotheses than asked for (a vocabulary smaller than the beams)
-            n = int(best_lengths[b, j])
-            found.append(Hypothesis(best_tokens[b, j, :n].tolist(), float(best_scores[b, j]), bool(best_stopped[b, j])))
+            n = int(best.lengths[b, j])
+            found.append(Hypothesis(best.tokens[b, j, :n].tolist(), float(best.scores[b, j]), bool(best.stopped[b, j])))
         results.append(found)
     return results
+
+
+class _Finished:
+    """Each text's ``beams`` best finished hypotheses, best first (scores -inf where there are fewer)."""
+
+    def __init__(self, batch: int, beams: int, limit: int, pad: int, device):
+        self.beams, self.limit, self.pad = beams, limit, pad
+        self.scores = torch.full((batch, beams), float("-inf"), device=device)
+        self.tokens = torch.full((batch, beams, limit), pad, dtype=torch.long, device=device)
+        self.lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
+        self.stopped = torch.zeros((batch, beams), dtype=torch.bool, device=device)
+
+    def add(self, where, scores, tokens, lengths, stopped) -> None:
+        """Merge candidates ``[B, N]`` (tokens ``[B, N, n <= limit]``) where ``where`` holds."""
+        tokens = F.pad(tokens, (0, self.limit - tokens.shape[2]), value=self.pad)
+        merged = torch.cat([self.scores, torch.where(where, scores, float("-inf"))], dim=1)
+        self.scores, keep = merged.topk(self.beams, dim=1)
+        self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(1, keep[..., None].expand(-1, -1, self.limit))
+        self.lengths = torch.cat([self.lengths, lengths], dim=1).gather(1, keep)
+        self.stopped = torch.cat([self.stopped, stopped], dim=1).gather(1, keep)

@@ -136,6 +136,8 @@ class OptimConfig:
 class ScheduleConfig:
     warmup_steps: NonNegative = 0
     """Linear warmup from 0 to the peak learning rate over this many steps."""
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Warmup as a fraction of ``train.steps`` (the finetuning recipes' way, e.g. 0.06); replaces warmup_steps."""
     decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     """'cosine', 'linear' or 'constant' decay after the warmup."""
     decay_steps: NonNegative | None = None
@@ -198,10 +200,7 @@ class JobConfig:
     @field_validator("*", mode="before")
     @classmethod
     def _section_from_mapping(cls, value: Any, info: ValidationInfo) -> Any:
-        """Strict mode takes a section only as its dataclass: build it from a mapping (null: the defaults)."""
-        if value is None or isinstance(value, dict):
-            return SECTIONS[info.field_name](**{str(k): v for k, v in (value or {}).items()})
-        return value
+        return section_from_mapping(cls, value, info)
 
     def __post_init__(self):
         self.check()
@@ -232,6 +231,18 @@ class JobConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def section_from_mapping(root: type, value: Any, info: ValidationInfo) -> Any:
+    """Strict mode takes a section only as its dataclass: build it from a mapping (null: the defaults)."""
+    if value is None or isinstance(value, dict):
+        return sections_of(root)[info.field_name](**{str(k): v for k, v in (value or {}).items()})
+    return value
+
+
+def sections_of(root: type) -> dict[str, type]:
+    """Section name -> its dataclass, in file order, of a job config class (JobConfig, the finetuning jobs)."""
+    return typing.get_type_hints(root)
+
+
 def check_world(job: JobConfig, world_size: int) -> tuple[int, int]:
     """The data-parallel size and the gradient-accumulation steps for ``world_size`` processes, or a clear error."""
     t, tp = job.train, job.parallel.tp_size
@@ -255,8 +266,8 @@ def check_world(job: JobConfig, world_size: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # Reading: YAML file + overrides -> JobConfig; pydantic checks every key and value, its errors become ConfigErrors
 
-SECTIONS: dict[str, type] = typing.get_type_hints(JobConfig)
-"""Section name -> its dataclass, in file order."""
+SECTIONS: dict[str, type] = sections_of(JobConfig)
+"""Section name -> its dataclass, in file order (pretraining)."""
 
 _EXPECTED = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "dataclass_exact_type": "a mapping"}
@@ -269,12 +280,12 @@ def _unknown(kind: str, name: str, known) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}{hint}")
 
 
-def _describe(error, source: str) -> str:
+def _describe(error, source: str, sections: dict[str, type]) -> str:
     """One pydantic error as one line naming the dotted field, the bad value and what was expected."""
     kind, loc, value, ctx = error["type"], error["loc"], error["input"], error.get("ctx", {})
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        known = SECTIONS if len(loc) == 1 else [f"{loc[0]}.{k}" for k in _names(SECTIONS[loc[0]])]
+        known = sections if len(loc) == 1 else [f"{loc[0]}.{k}" for k in _names(sections[loc[0]])]
         return str(_unknown(f"{'section' if len(loc) == 1 else 'field'} in {source}:", where, known))
     if kind == "unknown_key":
         return str(_unknown(f"key in {source}: {ctx['where']}", ctx["key"], _free_mapping_fields()[ctx["where"]]))
@@ -285,19 +296,21 @@ def _describe(error, source: str) -> str:
     if kind in _BOUNDS:
         return f"{where} must be {_BOUNDS[kind]} {next(iter(ctx.values())):g}, got {value!r}"
     if kind == "literal_error":
-        choices = typing.get_args(SECTIONS[loc[0]].__pydantic_fields__[loc[1]].annotation)
+        choices = typing.get_args(sections[loc[0]].__pydantic_fields__[loc[1]].annotation)
         return f"{where} must be one of {list(choices)}, got {value!r}"
     return f"{where or source}: {error['msg']}, got {value!r}"
 
 
-def job_config_from_dict(raw: dict[str, Any], source: str = "config") -> JobConfig:
-    """Build and check a :class:`JobConfig` from nested mappings (unknown sections/fields/keys are errors)."""
+def job_config_from_dict(raw: dict[str, Any], source: str = "config", root: type = JobConfig):
+    """Build and check a job config (``root``: :class:`JobConfig` or a finetuning job) from nested mappings
+    (unknown sections/fields/keys are errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return JobConfig(**{str(k): v for k, v in raw.items()})
+        return root(**{str(k): v for k, v in raw.items()})
     except ValidationError as error:
-        raise ConfigError("\n".join(_describe(e, source) for e in error.errors())) from None
+        sections = sections_of(root)
+        raise ConfigError("\n".join(_describe(e, source, sections) for e in error.errors())) from None
 
 
 def parse_override(argument: str, value: str) -> tuple[list[str], Any]:
@@ -317,14 +330,17 @@ def _looks_like_float(text: str) -> bool:
     return text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[tuple[list[str], Any]], root: type = JobConfig
+) -> dict[str, Any]:
     """Set each ``section.field[.key]`` path in a copy of the raw mapping; unknown paths are errors."""
     out = {k: dict(v or {}) for k, v in raw.items()}
     free = _free_mapping_fields()
+    sections = sections_of(root)
     for path, value in overrides:
-        if len(path) < 2 or path[0] not in SECTIONS:
-            raise _unknown("option", f"--{'.'.join(path)}", [f"--{s}.FIELD" for s in SECTIONS])
-        section, name, fields = path[0], path[1], _names(SECTIONS[path[0]])
+        if len(path) < 2 or path[0] not in sections:
+            raise _unknown("option", f"--{'.'.join(path)}", [f"--{s}.FIELD" for s in sections])
+        section, name, fields = path[0], path[1], _names(sections[path[0]])
         target = out.setdefault(section, {})
         if len(path) == 2 and name in fields:
             target[name] = value
@@ -348,10 +364,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+def load_job_config(path: str | Path | None, overrides: list[str] | None = None, root: type = JobConfig):
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``--section.field VALUE`` overrides.
 
-    ``overrides`` is a flat argument list: ``["--optim.lr", "3e-4", "--train.steps=50"]``.
+    ``overrides`` is a flat argument list: ``["--optim.lr", "3e-4", "--train.steps=50"]``; ``root`` the job
+    class (:class:`JobConfig`, or a finetuning job).
     """
     raw = read_yaml(path) if path is not None else {}
     pairs, args = [], list(overrides or [])
@@ -366,13 +383,14 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
         else:
             raise ConfigError(f"option {argument} needs a value")
         pairs.append(parse_override(argument, value))
-    return job_config_from_dict(apply_overrides(raw, pairs), source=str(path) if path else "config")
+    source = str(path) if path else "config"
+    return job_config_from_dict(apply_overrides(raw, pairs, root), source=source, root=root)
 
 
-def override_options() -> list[tuple[str, str]]:
+def override_options(root: type = JobConfig) -> list[tuple[str, str]]:
     """Every ``--section.field`` option with the first line of its description (docstring), for ``--help``."""
     return [
         (f"--{section}.{name}", (info.description or "").strip().split("\n")[0])
-        for section, cls in SECTIONS.items()
+        for section, cls in sections_of(root).items()
         for name, info in cls.__pydantic_fields__.items()
     ]

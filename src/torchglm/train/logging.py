@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,12 @@ def _step_of(line: str) -> int:
         return 0
 
 
-def plot_log(log_path: str | Path, png_path: str | Path, title: str | None = None) -> Path | None:
+def plot_log(
+    log_path: str | Path, png_path: str | Path, title: str | None = None, metrics: Sequence[str] = ()
+) -> Path | None:
     """A PNG of a run's ``log.jsonl``: training loss (and per blank mode) and evaluation loss against step, the
-    learning rate beside them. Returns the path, or None without matplotlib (``pip install torchglm[train]``)."""
+    learning rate beside them, and the evaluation ``metrics`` (e.g. ``eval/rouge1``) in a third panel where the
+    log has them. Returns the path, or None without matplotlib (``pip install torchglm[train]``)."""
     try:
         import matplotlib
 
@@ -141,7 +145,18 @@ def plot_log(log_path: str | Path, png_path: str | Path, title: str | None = Non
     records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     train = [r for r in records if "loss" in r and "step" in r]
     evals = [r for r in records if "eval/loss" in r]
-    figure, (losses, rates) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    scored = [(name, [(r["step"], r[name]) for r in records if name in r]) for name in metrics]
+    scored = [(name, points) for name, points in scored if points]
+    widths = [3, 1] + ([2] if scored else [])
+    size = (11 + 4 * bool(scored), 4)
+    figure, axes = plt.subplots(1, len(widths), figsize=size, gridspec_kw={"width_ratios": widths})
+    losses, rates = axes[0], axes[1]
+    if scored:
+        for name, points in scored:
+            axes[2].plot(*zip(*points, strict=True), "o-", label=name)
+        axes[2].set(xlabel="step", title="evaluation")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend()
     losses.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="tab:blue")
     for key, color in (("loss/token", "tab:cyan"), ("loss/sentence", "tab:olive"), ("loss/document", "tab:purple")):
         points = [(r["step"], r[key]) for r in train if key in r]

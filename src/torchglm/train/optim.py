@@ -88,7 +88,7 @@ def build_scheduler(
     """A LambdaLR whose k-th ``step()`` sets the rate of optimizer step k + 1 (so the first update is not lr 0)."""
     factor = functools.partial(
         lr_factor,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=cfg.warmup_steps if cfg.warmup_ratio is None else round(cfg.warmup_ratio * total_steps),
         decay_steps=cfg.decay_steps if cfg.decay_steps is not None else total_steps,
         decay_style=cfg.decay_style,
         min_lr_ratio=cfg.min_lr_ratio,

@@ -1,0 +1,464 @@
+"""Finetuning recipes on the shared trainer: a task's examples, objective and dev metric; the loop, optimizer,
+schedule, DCP checkpoints, exact resume and torchrun engines are pretraining's (``torchglm.train.recipe``).
+
+    torchglm finetune seq2seq --config configs/finetune/xsum.yaml --model glm-large --data data/xsum
+    torchglm finetune seq2seq --task xsum --model glm-tiny-en --data runs/xsum --task.epochs 3 --optim.lr 1e-4
+    torchglm finetune seq2seq --config configs/finetune/xsum.yaml --resume          # continue after a crash
+
+The run folder (``train.output_dir``) receives ``config.yaml``, ``log.jsonl``, ``checkpoints/``, ``best/`` (the
+``from_pretrained`` folder of the best dev score so far, with the tokenizer), ``final/``, ``results.json`` and
+``training.png``. Every field can be overridden with ``--section.field VALUE`` as in pretraining; ``--task``,
+``--model``, ``--data`` and ``--output`` are short for ``--task.name``, ``--model.init_from``, ``--task.data``
+and ``--train.output_dir``. See docs/seq2seq.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+
+from torchglm.errors import InputError
+
+from .checkpoint import RunLock, check_compatible, find_latest, resolve_resume
+from .config import (
+    _STRICT,
+    CheckpointConfig,
+    ConfigError,
+    DataConfig,
+    JobConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    ScheduleConfig,
+    TrainConfig,
+    check_world,
+    load_job_config,
+    override_options,
+    section_from_mapping,
+)
+
+logger = logging.getLogger("torchglm.train")
+Positive = Annotated[int, Field(gt=0)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(config=_STRICT)
+class Seq2SeqTaskConfig:
+    name: str = "xsum"
+    """The task (torchglm.tasks.seq2seq.TASKS): cnn_dm, xsum, gigaword, squad_generation, custom."""
+    data: str = ""
+    """Folder with {split}.jsonl or {split}.source/.target files."""
+    train_split: str = "train"
+    """The training split's file name in ``data``."""
+    dev_split: str = "dev"
+    """The split scored with ROUGE at every evaluation (its first ``eval_examples``)."""
+    src_seq_length: Positive | None = None
+    """Most source tokens (null: the task's, capped by the model's positions)."""
+    tgt_seq_length: Positive | None = None
+    """Most target tokens, <|endofpiece|> included (null: the task's)."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """e in (1 - e) CE + e mean(-log p), as the original."""
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    """Passes over the training examples; sets train.steps (null: train.steps as given)."""
+    train_examples: Positive | None = None
+    """Only the first N training examples (null: all)."""
+    eval_examples: Positive = 100
+    """Dev examples decoded and scored at each evaluation."""
+    eval_batch_size: Positive = 8
+    """Documents decoded together in the evaluation."""
+    best_metric: Literal["rouge1", "rouge2", "rougeL", "rougeLsum"] = "rouge1"
+    """The dev score that picks best/ (the original's first metric, ROUGE-1)."""
+    num_beams: Positive | None = None
+    """Dev decoding: beams (null: the task's)."""
+    length_penalty: float | None = None
+    min_new_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_new_tokens: Positive | None = None
+    no_repeat_ngram_size: Annotated[int, Field(ge=0)] | None = None
+
+
+def _finetune_train() -> TrainConfig:
+    return TrainConfig(output_dir="runs/finetune", global_batch_size=8, micro_batch_size=8, eval_interval=1000)
+
+
+@dataclass(config=_STRICT)
+class Seq2SeqJob:
+    """A seq2seq finetuning run: pretraining's sections (data replaced by ``task``) with finetuning defaults
+    (the original's: AdamW lr 1e-5, weight decay 0.1, linear decay after a 6% warmup, batch 8)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: Seq2SeqTaskConfig = field(default_factory=Seq2SeqTaskConfig)
+    train: TrainConfig = field(default_factory=_finetune_train)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.1))
+    schedule: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(warmup_ratio=0.06, decay_style="linear", min_lr_ratio=0.0)
+    )
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _section_from_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        return section_from_mapping(cls, value, info)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def as_job(self, steps: int) -> JobConfig:
+        """The pretraining-shaped job the shared recipe builds from (no token shards)."""
+        return JobConfig(
+            model=self.model, data=DataConfig(), train=dataclasses.replace(self.train, steps=steps), optim=self.optim,
+            schedule=self.schedule, parallel=self.parallel, checkpoint=self.checkpoint, logging=self.logging,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: examples in epochs
+
+
+class EpochBatches:
+    """Training samples as micro-batches, reshuffled every epoch from the seed, split over data-parallel ranks;
+    ``state_dict`` is the position (epoch, batch), so a resumed run continues with the very next batch.
+
+    A global batch is ``micro_batch_size x world_size`` consecutive samples of the epoch's order; rank r takes
+    the r-th micro-batch of each. The last incomplete global batch of an epoch is dropped.
+    """
+
+    def __init__(self, samples, micro_batch_size: int, collate, *, seed: int, rank: int = 0, world_size: int = 1):
+        self.samples, self.micro, self.collate = samples, micro_batch_size, collate
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.per_epoch = len(samples) // (micro_batch_size * world_size)
+        if self.per_epoch == 0:
+            raise InputError(
+                f"{len(samples)} training examples do not fill one batch of {micro_batch_size * world_size}"
+            )
+        self.epoch, self.position = 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        return torch.randperm(len(self.samples), generator=generator).tolist()
+
+    def __iter__(self):
+        while True:
+            order = self._order(self.epoch)
+            while self.position < self.per_epoch:
+                first = (self.position * self.world + self.rank) * self.micro
+                self.position += 1
+                yield self.collate([self.samples[i] for i in order[first : first + self.micro]])
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan and run
+
+
+@dataclasses.dataclass
+class Seq2SeqPlan:
+    spec: Seq2SeqJob
+    job: JobConfig
+    model_folder: str
+    task: Any
+    train_samples: list
+    dev_examples: list
+    dev_samples: list
+    tokenizer: Any
+    accumulation: int
+    resume_from: Path | None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.job.train.output_dir)
+
+
+def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan:
+    """Everything checked and tokenized before a model is built: the model folder, data, lengths, batches,
+    resume checkpoint and output folder."""
+    from torchglm.builtin import resolve
+    from torchglm.checkpoint import check_checkpoint_folder
+    from torchglm.config import GLMConfig
+    from torchglm.tasks import seq2seq
+    from torchglm.tokenization import GLMTokenizer
+
+    from .parallel import world_size_from_env
+    from .pretrain import _check_same_run, _check_writable, model_signature
+
+    world_size = world_size_from_env() if world_size is None else world_size
+    if not spec.model.init_from:
+        raise ConfigError("model.init_from (--model) is empty: finetuning starts from a pretrained model folder")
+    folder = resolve(spec.model.init_from)
+    try:
+        check_checkpoint_folder(folder)
+        config = GLMConfig.from_pretrained(folder)
+        tokenizer = GLMTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.init_from {spec.model.init_from}: {error}") from None
+    t = spec.task
+    if not t.data:
+        raise ConfigError("task.data (--data) is empty: give the folder with the task's split files")
+    task = seq2seq.get_task(t.name, src_seq_length=t.src_seq_length, tgt_seq_length=t.tgt_seq_length)
+    if task.src_seq_length + task.tgt_seq_length > config.max_sequence_length:
+        if t.src_seq_length is not None:
+            raise ConfigError(
+                f"task.src_seq_length + tgt_seq_length = {task.src_seq_length + task.tgt_seq_length} is over the "
+                f"model's {config.max_sequence_length} positions"
+            )
+        src = config.max_sequence_length - task.tgt_seq_length
+        if src < 8:
+            raise ConfigError(f"task.tgt_seq_length {task.tgt_seq_length} leaves no room for the source")
+        task = seq2seq.get_task(t.name, src_seq_length=src, tgt_seq_length=task.tgt_seq_length)
+    ids = seq2seq.prompt_ids(tokenizer)
+    train_examples = seq2seq.read_split(t.data, task, t.train_split)[: t.train_examples]
+    dev_examples = seq2seq.read_split(t.data, task, t.dev_split)[: t.eval_examples]
+    train_samples = [seq2seq.training_sample(tokenizer, e, task, ids) for e in train_examples]
+    dev_samples = [seq2seq.training_sample(tokenizer, e, task, ids) for e in dev_examples]
+    steps = spec.train.steps
+    if t.epochs is not None:
+        per_epoch = len(train_samples) // spec.train.global_batch_size
+        if per_epoch == 0:
+            raise ConfigError(
+                f"{len(train_samples)} training examples do not fill one batch of train.global_batch_size "
+                f"{spec.train.global_batch_size}"
+            )
+        steps = max(1, round(t.epochs * per_epoch))
+    job = spec.as_job(steps)
+    dp, accumulation = check_world(job, world_size)
+    if len(train_samples) < job.train.global_batch_size:
+        raise ConfigError(
+            f"{len(train_samples)} training examples do not fill one batch of {job.train.global_batch_size}"
+        )
+    checkpoints = Path(job.train.output_dir) / "checkpoints"
+    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
+    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
+        raise ConfigError(
+            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another train.output_dir"
+        )
+    if resume_from is not None:
+        saved = check_compatible(resume_from, model_signature(config, job.parallel.tp_size))
+        _check_same_run(resume_from, saved.get("config", {}), job)
+    _check_writable(Path(job.train.output_dir))
+    job.model.init_from = folder
+    return Seq2SeqPlan(spec, job, folder, task, train_samples, dev_examples, dev_samples, tokenizer, accumulation,
+                       resume_from)  # fmt: skip
+
+
+def train_seq2seq(plan: Seq2SeqPlan):
+    """Run the planned finetuning in this process (one of torchrun's, or alone); returns the trainer."""
+    from .logging import setup_console_logging
+    from .parallel import init_distributed
+
+    job = plan.job
+    world = init_distributed(job.train.device, job.parallel.tp_size, job.parallel.backend)
+    setup_console_logging(world.rank)
+    out = plan.output_dir
+    with RunLock(out) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            (out / "config.yaml").write_text(plan.spec.to_yaml(), encoding="utf-8")
+        world.barrier()
+        return _train(plan, job, world, out)
+
+
+def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
+    from torchglm.config import GLMConfig
+    from torchglm.model import training_flops
+    from torchglm.tasks import seq2seq
+
+    from .logging import MetricLogger, plot_log
+    from .pretrain import model_signature
+    from .recipe import build_model, build_trainer, export_model
+
+    config = GLMConfig.from_pretrained(plan.model_folder)
+    for key, value in job.model.overrides.items():
+        setattr(config, key, value)
+    model = build_model(job, config, world)
+    torch.manual_seed(job.train.seed + 1 + world.dp_rank)
+    pad = plan.tokenizer.pad_token_id
+
+    def collate(samples):
+        return seq2seq.collate(samples, pad)
+
+    train_data = EpochBatches(
+        plan.train_samples, job.train.micro_batch_size, collate, seed=job.train.seed, rank=world.dp_rank,
+        world_size=world.dp_size,
+    )  # fmt: skip
+    dev_rows = plan.dev_samples[world.dp_rank :: world.dp_size]
+
+    def dev_loss_batches():
+        size = job.train.micro_batch_size
+        return (collate(dev_rows[i : i + size]) for i in range(0, len(dev_rows), size))
+
+    t = plan.spec.task
+    options = plan.task.generation_options(
+        num_beams=t.num_beams, length_penalty=t.length_penalty, min_new_tokens=t.min_new_tokens,
+        max_new_tokens=t.max_new_tokens, no_repeat_ngram_size=t.no_repeat_ngram_size,
+    )  # fmt: skip
+    best_file = out / "best" / "metrics.json"
+    best = json.loads(best_file.read_text()) if best_file.is_file() else {"step": None, t.best_metric: float("-inf")}
+    evaluations: list[dict] = []
+    holder: dict[str, Any] = {}
+
+    def dev_metrics(model) -> dict[str, float]:
+        """ROUGE of the dev examples' decoded targets; a new best is exported to best/."""
+        result = seq2seq.evaluate_seq2seq(
+            model, plan.tokenizer, plan.dev_examples, plan.task, options, batch_size=t.eval_batch_size
+        )
+        trainer = holder["trainer"]
+        scores = dict(result.rouge)
+        evaluations.append({"step": trainer.step, **scores})
+        if scores[t.best_metric] > best[t.best_metric]:
+            best.clear()
+            best.update({"step": trainer.step, **scores})
+            _export_best(trainer, config, world, out, plan.tokenizer, best, job.parallel.tp_size, export_model)
+            scores["best"] = 1.0
+        return scores
+
+    steps = job.train.steps
+    resume_step = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from else 0
+    metrics = MetricLogger(out, steps, world.is_main, job.logging.progress_bar, job.logging.tensorboard, resume_step)
+    source = plan.task.src_seq_length + plan.task.tgt_seq_length
+    with metrics:
+        trainer = build_trainer(
+            job, world, model, seq2seq.LabelSmoothedLoss(plan.spec.task.label_smoothing), train_data, metrics,
+            accumulation=plan.accumulation, eval_data=dev_loss_batches, eval_metrics=dev_metrics,
+            flops=training_flops(config, source),
+            trainer_info={"model_signature": model_signature(config, job.parallel.tp_size), "config": job.to_dict()},
+        )  # fmt: skip
+        holder["trainer"] = trainer
+        metrics.message(
+            f"finetune {plan.task.name}: {len(plan.train_samples)} training examples "
+            f"({train_data.per_epoch} batches of {job.train.micro_batch_size} per epoch and rank), "
+            f"{len(plan.dev_examples)} dev examples, {steps} steps, from {plan.model_folder}"
+        )
+        if plan.resume_from is not None:
+            trainer.resume(plan.resume_from)
+        trainer.train()
+        if job.checkpoint.export_final:
+            export_model(trainer, config, world, out / "final", job.parallel.tp_size)
+            if world.is_main:
+                plan.tokenizer.save_pretrained(out / "final")
+    if world.is_main:
+        from torchglm.evaluate_cli import write_json_atomic
+
+        write_json_atomic(
+            out / "results.json",
+            {
+                "task": plan.task.name, "steps": steps, "train_examples": len(plan.train_samples),
+                "dev_examples": len(plan.dev_examples), "best": best, "evaluations": evaluations,
+                "generation": dataclasses.asdict(options), "model": plan.model_folder,
+            },
+        )  # fmt: skip
+        if (out / "log.jsonl").is_file():
+            plot_log(out / "log.jsonl", out / "training.png", metrics=[f"eval/{t.best_metric}"])
+    return trainer
+
+
+def _export_best(trainer, config, world, out: Path, tokenizer, best: dict, tp_size: int, export_model) -> None:
+    """best/ replaced whole: written beside it, then renamed over it (collective, like any export)."""
+    staging = out / "best.tmp"
+    if world.is_main and staging.exists():
+        shutil.rmtree(staging)
+    export_model(trainer, config, world, staging, tp_size)
+    if world.is_main:
+        tokenizer.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
+        old = out / "best.old"
+        if (out / "best").exists():
+            (out / "best").rename(old)
+        staging.rename(out / "best")
+        if old.exists():
+            shutil.rmtree(old)
+        logger.info("new best %s at step %s: best/", {k: round(v, 2) for k, v in best.items() if k != "step"},
+                    best["step"])  # fmt: skip
+    world.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+SHORTHANDS = {"task": "task.name", "model": "model.init_from", "data": "task.data", "output": "train.output_dir"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    seq = families.add_parser(
+        "seq2seq", help="summarization, question generation, source/target pairs",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    seq.add_argument("--config", help="YAML job config (configs/finetune/*.yaml); omitted: the defaults")
+    seq.add_argument("--task", help="task.name: cnn_dm, xsum, gigaword, squad_generation, custom")
+    seq.add_argument("--model", help="model.init_from: the pretrained model folder (or glm-tiny-en)")
+    seq.add_argument("--data", help="task.data: the folder with the split files")
+    seq.add_argument("--output", help="train.output_dir: the run folder")
+    seq.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                     help="continue from the newest complete checkpoint of the run, or from CHECKPOINT")  # fmt: skip
+    seq.add_argument("--dry-run", action="store_true", help="check config, model, data and checkpoint, then exit")
+    seq.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    group = seq.add_argument_group("config overrides", "VALUE is read as YAML")
+    for option, help_text in override_options(Seq2SeqJob):
+        group.add_argument(option, dest=option[2:], metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+
+
+def spec_from_args(args: argparse.Namespace) -> Seq2SeqJob:
+    overrides = []
+    for short, dotted in SHORTHANDS.items():
+        if getattr(args, short, None) is not None:
+            overrides += [f"--{dotted}", getattr(args, short)]
+    for key, value in vars(args).items():
+        if "." in key:
+            overrides += [f"--{key}", value]
+    if args.resume is not None:
+        overrides += ["--checkpoint.resume", args.resume]
+    return load_job_config(args.config, overrides, root=Seq2SeqJob)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .parallel import close_distributed
+
+    try:
+        spec = spec_from_args(args)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    if args.print_config:
+        print(spec.to_yaml(), end="")
+        return 0
+    plan = plan_seq2seq(spec)
+    if args.dry_run:
+        print(
+            f"ok: {len(plan.train_samples)} training and {len(plan.dev_examples)} dev examples, "
+            f"{plan.job.train.steps} steps, {plan.accumulation} accumulation step(s), "
+            f"resume from {plan.resume_from or 'nothing'}"
+        )
+        return 0
+    try:
+        train_seq2seq(plan)
+    except BaseException:
+        close_distributed(orderly=False)
+        raise
+    close_distributed()
+    return 0

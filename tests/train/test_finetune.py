@@ -1,0 +1,120 @@
+"""The finetuning recipe (seq2seq): epochs of examples, the CLI run end to end on the tiny reference model, best
+checkpoint, results, exact resume, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from torchglm.cli import main
+from torchglm.train.finetune import EpochBatches
+
+
+def test_epoch_batches_cover_each_epoch_and_resume_in_place():
+    samples = list(range(10))
+    streams = [EpochBatches(samples, 2, list, seed=5, rank=r, world_size=2) for r in range(2)]
+    assert streams[0].per_epoch == 2  # 10 // (2 x 2): the last incomplete global batch is dropped
+    iterators = [iter(s) for s in streams]
+    epoch = [next(iterators[r]) for _ in range(2) for r in range(2)]
+    seen = [x for batch in epoch for x in batch]
+    assert len(seen) == 8 and len(set(seen)) == 8  # no sample twice in an epoch, ranks disjoint
+    following = [next(iterators[0]) for _ in range(3)]
+    resumed = EpochBatches(samples, 2, list, seed=5, rank=0, world_size=2)
+    fresh = iter(resumed)
+    next(fresh), next(fresh)
+    state = resumed.state_dict()
+    again = EpochBatches(samples, 2, list, seed=5, rank=0, world_size=2)
+    again.load_state_dict(state)
+    assert next(iter(again)) == following[0]
+    assert EpochBatches(samples, 2, list, seed=6)._order(0) != streams[0]._order(0)  # the seed shuffles
+
+
+@pytest.fixture
+def xsum_folder(shared_dir, tmp_path):
+    lines = (shared_dir / "data" / "xsum" / "test1000.jsonl").read_text().splitlines()
+    folder = tmp_path / "xsum"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(lines[10:18]) + "\n")
+    (folder / "dev.jsonl").write_text("\n".join(lines[20:22]) + "\n")
+    return folder
+
+
+def finetune(shared_dir, data, out, *extra):
+    return main(
+        [
+            "finetune", "seq2seq", "--task", "xsum", "--model", str(shared_dir / "golden" / "glm-ref-fill"),
+            "--data", str(data), "--output", str(out),
+            "--task.src_seq_length", "48", "--task.tgt_seq_length", "12", "--task.eval_examples", "2",
+            "--task.num_beams", "2", "--task.min_new_tokens", "2", "--train.global_batch_size", "4",
+            "--train.micro_batch_size", "2", "--optim.lr", "3e-3", "--schedule.warmup_ratio", "0.0",
+            "--train.eval_interval", "4", "--checkpoint.interval", "4", "--logging.progress_bar", "false",
+            "--logging.tensorboard", "false", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_finetune_learns_keeps_the_best_and_resumes_exactly(shared_dir, xsum_folder, tmp_path):
+    run = tmp_path / "run"
+    assert finetune(shared_dir, xsum_folder, run, "--train.steps", "8") == 0
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and "step" in r and "eval/loss" not in r]
+    evals = [r for r in records if "eval/loss" in r]
+    assert losses[-1] < losses[0] and evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert {"eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/rougeLsum"} <= set(evals[-1])
+    results = json.loads((run / "results.json").read_text())
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert results["best"] == best and best["step"] in (0, 4, 8)
+    assert best["rouge1"] == max(e["rouge1"] for e in results["evaluations"])
+    assert (run / "training.png").stat().st_size > 0
+    from torchglm import GLMForConditionalGeneration, GLMTokenizer
+
+    GLMForConditionalGeneration.from_pretrained(run / "best")
+    GLMTokenizer.from_pretrained(run / "final")
+
+    # a run killed after its step-4 checkpoint, resumed: the same final weights as the uninterrupted run
+    again = tmp_path / "again"
+    assert finetune(shared_dir, xsum_folder, again, "--train.steps", "8") == 0
+    shutil.rmtree(again / "checkpoints" / "step-00000008")
+    shutil.rmtree(again / "final")
+    assert finetune(shared_dir, xsum_folder, again, "--train.steps", "8", "--resume") == 0
+    want, got = load_file(run / "final" / "model.safetensors"), load_file(again / "final" / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_finetune_errors_name_the_problem(shared_dir, xsum_folder, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text(json.dumps({"document": "a b c", "summary": "x"}) + "\n" + '{"document": "d"}\n')
+    (bad / "dev.jsonl").write_text(json.dumps({"document": "a b c", "summary": "x"}) + "\n")
+    assert finetune(shared_dir, bad, tmp_path / "r1", "--train.steps", "2") == 2
+    assert 'train.jsonl, line 2: field "summary" is missing' in capsys.readouterr().err
+    assert finetune(shared_dir, xsum_folder, tmp_path / "r2", "--train.steps", "2", "--task.name", "xsumm") == 2
+    assert "not one of" in capsys.readouterr().err
+    assert finetune(shared_dir, xsum_folder, tmp_path / "r3", "--train.steps", "2", "--task.epochs", "-1") == 2
+    assert "task.epochs must be > 0" in capsys.readouterr().err
+    assert finetune(shared_dir, xsum_folder, tmp_path / "r4", "--task.train_split", "nope") == 2
+    assert "neither nope.jsonl nor nope.source" in capsys.readouterr().err
+    assert finetune(shared_dir, xsum_folder, tmp_path / "r5", "--dry-run") == 0
+    assert "ok: 8 training and 2 dev examples" in capsys.readouterr().out
+
+
+def test_every_finetune_preset_loads():
+    from pathlib import Path
+
+    from torchglm.tasks.seq2seq import TASKS
+    from torchglm.train.config import load_job_config
+    from torchglm.train.finetune import Seq2SeqJob
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs" / "finetune").glob("*.yaml"))
+    assert len(presets) >= 5
+    for preset in presets:
+        job = load_job_config(preset, root=Seq2SeqJob)
+        assert job.task.name in TASKS, preset
+        task = TASKS[job.task.name]
+        if preset.stem == job.task.name:  # the original's settings: the preset agrees with the task's table
+            assert (job.task.src_seq_length, job.task.tgt_seq_length) == (task.src_seq_length, task.tgt_seq_length)
