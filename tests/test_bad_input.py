@@ -17,6 +17,12 @@ def files(shared_dir, tmp_path):
     (tmp_path / "pair.source").write_text("first document\nsecond document\n")
     (tmp_path / "pair.target").write_text("first summary\n")
     (tmp_path / "nosum.jsonl").write_text('{"document": "a text"}\n')
+    import json
+    import shutil
+
+    shutil.copytree(shared_dir / "golden" / "glm-ref-fill", tmp_path / "badshape")
+    config = json.loads((tmp_path / "badshape" / "config.json").read_text())
+    (tmp_path / "badshape" / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
     (tmp_path / "emptydoc.jsonl").write_text('{"document": "a b", "summary": "c"}\n{"document": " ", "summary": "d"}\n')
     return {
         "model": str(shared_dir / "golden" / "glm-ref-fill"),
@@ -34,6 +40,7 @@ CASES = [
     (["fill", "--model", "{model}", "--max-new-tokens", "100000", "a [MASK]"], "max_new_tokens"),
     (["fill", "--model", "{model}", "--file", "{tmp}/missing.txt"], "--file {tmp}/missing.txt: cannot read"),
     (["fill", "--model", "{model}", "an [XMASK]"], "unknown blank '[XMASK]'"),
+    (["fill", "--model", "{tmp}/badshape", "a [MASK]"], "its weights do not fit its config.json"),
     (["convert", "{tmp}/nope", "{tmp}/out"], "does not exist"),
     (["convert", "{model}", "{tmp}"], "exists; choose a new output folder"),
     (["prepare-data", "{tmp}/missing.txt", "--output", "{tmp}/out", "--tokenizer", "{vocab}"], "no input file matches"),

@@ -112,3 +112,17 @@ def test_a_name_that_is_not_a_folder_never_goes_to_the_network(capsys, tmp_path)
     assert main(["fill", "--model", "glm-large", "a [MASK]"]) == 2
     assert "--model glm-large: no such model folder" in capsys.readouterr().err
     assert time.perf_counter() - start < 5  # the hub lookup it replaces waited 30 s for the network
+
+
+def test_hub_ids_only_with_the_network_allowed(monkeypatch, tmp_path, capsys):
+    from torchglm.cli import main
+    from torchglm.fill_cli import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert is_hub_id("THUDM/glm-large") and not is_hub_id("glm-large") and not is_hub_id("./glm-large")
+    assert not is_hub_id("runs/final")  # runs/ is a local folder: a missing run, not a hub id
+    assert not is_hub_id("a/b/c") and not is_hub_id("/abs/path")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["fill", "--model", "THUDM/glm-large", "a [MASK]"]) == 2
+    assert "a hub id, and HF_HUB_OFFLINE is set" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -112,6 +113,9 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
         except FileNotFoundError as error:
             raise InputError(f"{option}: {error}") from None
         if folder is not None and not Path(folder).is_dir():
+            if is_hub_id(folder):
+                check_hub_reachable(option, folder)
+                continue
             raise InputError(
                 f"{option} {folder}: no such model folder (torchglm loads local folders: config.json, weights "
                 "and tokenizer files)"
@@ -121,7 +125,44 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
         tokenizer = GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
     except (OSError, ValueError, KeyError) as error:
         raise InputError(f"--model {model_folder}: cannot load a GLM from it ({error})") from None
+    except RuntimeError as error:
+        if "mismatched" not in str(error):
+            raise
+        raise InputError(
+            f"--model {model_folder}: its weights do not fit its config.json (tensor shapes differ: see the report "
+            "above, one line per tensor)"
+        ) from None
     return model.to(device).eval(), tokenizer
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` whose ``org`` is not a local folder: a Hugging Face Hub id. Anything else that is not a folder
+    (``glm-large``, ``./glm-large``, ``runs/missing``) is a local name and never goes to the network."""
+    parts = name.split("/")
+    return (
+        len(parts) == 2
+        and all(re.fullmatch(r"[A-Za-z0-9][\w.-]*", part) for part in parts)
+        and not Path(parts[0]).exists()
+    )
+
+
+def check_hub_reachable(option: str, repo_id: str, timeout: float = 5.0) -> None:
+    """A hub id is fetched only when the network may be used: refused at once under ``HF_HUB_OFFLINE=1``, else one
+    request with a short timeout first (huggingface_hub's own download retries for ~25 s before giving up)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise InputError(f"{option} {repo_id}: a hub id, and HF_HUB_OFFLINE is set; pass a local model folder")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        response = get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=timeout)
+    except Exception as error:  # no network, DNS, timeout: one line, not a 25 s retry loop
+        raise InputError(
+            f"{option} {repo_id}: the Hugging Face Hub is not reachable ({type(error).__name__}); pass a local "
+            "model folder (or set HF_HUB_OFFLINE=1 to never try)"
+        ) from None
+    if response.status_code >= 400:
+        raise InputError(f"{option} {repo_id}: the hub answered {response.status_code} for this id")
 
 
 def _read_texts(args: argparse.Namespace) -> Iterable[tuple[str, str]]:

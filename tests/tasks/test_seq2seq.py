@@ -236,6 +236,13 @@ def test_line_files_and_their_errors(tmp_path):
         seq2seq.read_split(tmp_path, get_task("cnn_dm"), "test")
     with pytest.raises(InputError, match="neither dev.jsonl nor dev.source"):
         seq2seq.read_split(tmp_path, get_task("cnn_dm"), "dev")
+    (tmp_path / "docs.txt").write_text("one\ntwo\n")
+    assert [e.source for e in seq2seq.read_split(tmp_path / "docs.txt", get_task("xsum"), need_target=False)] == [
+        "one",
+        "two",
+    ]
+    with pytest.raises(InputError, match="holds no references"):
+        seq2seq.read_split(tmp_path / "docs.txt", get_task("xsum"))
 
 
 def test_jsonl_fields_and_their_errors(tmp_path):

@@ -88,6 +88,32 @@ def test_deepspeed_zero2_two_processes(shards, tmp_path, single_process_losses):
     assert_close(train_losses(tmp_path / "run"), single_process_losses, 1e-4)
     assert (tmp_path / "run" / "checkpoints" / "step-00000005" / "trainer.json").is_file()
 
+    # a crafted optimizer file (a pickle that runs a command) is refused by --dry-run and --resume, unloaded
+    import json
+    import os
+
+    from torchglm.train.deepspeed import check_pickles
+
+    folder = tmp_path / "run" / "checkpoints" / "step-00000005" / "deepspeed"
+    check_pickles(folder)  # DeepSpeed's own files pass
+    marker = tmp_path / "pwned"
+
+    class Crafted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"optimizer_state_dict": Crafted()}, folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    # a crafted checkpoint comes with a trainer.json whose recorded hashes match the crafted files
+    from torchglm.train.checkpoint import file_digests
+
+    state_file = folder.parent / "trainer.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "files": file_digests(folder.parent)}))
+    job["train"]["steps"] = STEPS + 1
+    resumed = run_pretrain(write_job(tmp_path / "job.yaml", job), "--resume", nproc=2)
+    assert resumed.returncode != 0 and "unpickling it could run code" in resumed.stderr
+    assert not marker.exists()
+
 
 def test_blocks_are_found_from_no_split_modules():
     from torchglm import GLMConfig, GLMForConditionalGeneration

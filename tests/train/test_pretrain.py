@@ -296,3 +296,27 @@ def test_a_truncated_token_shard_is_named_by_the_plan(shards, tmp_path):
     job = tiny_job({"train": copy, "eval": shards["eval"]}, tmp_path / "run")
     with pytest.raises(ConfigError, match=rf"data.path: {shard}: \d+ bytes, the manifest says \d+"):
         plan_run(job_config_from_dict(job), world_size=1)
+
+
+def test_changed_token_shards_are_caught_by_the_sampled_and_the_full_hash(shards, tmp_path):
+    from torchglm.data.shards import sample_spans
+
+    from .conftest import write_shards
+
+    copy = write_shards(tmp_path / "train", 1500, 3)  # shards larger than the 64 KiB the sampled hash reads
+    shard = max(copy.glob("*.bin"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    sampled = {i for start, length in sample_spans(len(data)) for i in range(start, start + length)}
+    inside, outside = min(sampled), next(i for i in range(len(data)) if i not in sampled)
+    data[outside] ^= 0x01  # a byte the sampled hash does not read: only the full hash sees it
+    shard.write_bytes(bytes(data))
+    job = tiny_job({"train": copy, "eval": shards["eval"]}, tmp_path / "run")
+    plan_run(job_config_from_dict(job), world_size=1)  # sizes and sampled hash agree
+    job["data"]["verify"] = True
+    with pytest.raises(ConfigError, match=rf"data.path: {shard}: its SHA-256 differs from the manifest's"):
+        plan_run(job_config_from_dict(job), world_size=1)
+    data[inside] ^= 0x01
+    shard.write_bytes(bytes(data))
+    job["data"]["verify"] = False
+    with pytest.raises(ConfigError, match=rf"data.path: {shard}: its sampled SHA-256 differs"):
+        plan_run(job_config_from_dict(job), world_size=1)

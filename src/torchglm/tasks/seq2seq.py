@@ -198,8 +198,11 @@ def read_split(data: str | Path, task: Seq2SeqTask, split: str = "test", need_ta
         return read_line_pairs(data, target, split)
     if data.suffix in (".jsonl", ".json"):
         return read_jsonl_pairs(data, task, need_target=need_target, split=split)
-    # any other text file: one document per line, nothing to compare with
-    return read_line_pairs(data, None, split)
+    if need_target:
+        raise InputError(
+            f"{data}: a plain text file holds no references; give a .jsonl file or a .source file with its .target"
+        )
+    return read_line_pairs(data, None, split)  # documents to summarize, one per line
 
 
 # ----------------------------------------------------------------------------------------------------------------

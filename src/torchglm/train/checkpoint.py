@@ -16,6 +16,7 @@ them plus a ``.partial`` folder, which :func:`find_latest` skips with a warning 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -170,14 +171,39 @@ def is_complete(path: Path) -> bool:
     return STEP_DIR.match(path.name) is not None and (path / TRAINER_FILE).is_file()
 
 
-def verify_checkpoint(path: Path) -> None:
-    """A cheap check that ``path`` will load: ``trainer.json`` parses, ``.metadata`` is safe and readable, and
-    every byte range it names exists (a truncated or missing shard file is a :class:`CheckpointError` naming it).
-    Flipped bits inside a shard are not caught here; they fail the load itself."""
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file of a checkpoint folder (``trainer.json`` aside), by relative path."""
+    out = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TRAINER_FILE):
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        out[file.relative_to(folder).as_posix()] = {"size": file.stat().st_size, "sha256": digest.hexdigest()}
+    return out
+
+
+def verify_checkpoint(path: Path, hashes: bool = True) -> None:
+    """Check that ``path`` will load: ``trainer.json`` parses; every file it lists (``files``, written at save)
+    is there with its size and, with ``hashes``, its SHA-256 (a truncated, missing or bit-flipped file is a
+    :class:`CheckpointError` naming it); ``.metadata`` is safe and readable, and every byte range it names exists
+    (checkpoints saved before the file list, too)."""
     try:
-        json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+        state = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path / TRAINER_FILE}: unreadable ({error})") from None
+    for name, expected in (state.get("files") or {}).items():
+        file = path / name
+        size = file.stat().st_size if file.is_file() else -1
+        if size != expected["size"]:
+            cut = "truncated: " if 0 <= size < expected["size"] else ""
+            state_of = "missing" if size < 0 else f"{cut}{size} bytes, saved with {expected['size']}"
+            raise CheckpointError(f"{file}: {state_of}")
+    if hashes and state.get("files"):
+        for name, digest in file_digests(path).items():
+            want = state["files"].get(name)
+            if want is not None and digest["sha256"] != want["sha256"]:
+                raise CheckpointError(f"{path / name}: its SHA-256 differs from the one saved (the file changed)")
     if not (path / ".metadata").is_file():
         return  # a DeepSpeed checkpoint: its own layout
     sizes: dict[Path, int] = {}
@@ -344,7 +370,7 @@ class Checkpointer:
         torch.save(rank_state, partial / f"rank-{self.rank:05d}.pt")
         self._barrier()
         if self.rank == 0:
-            _write_json(partial / TRAINER_FILE, trainer_state)
+            _write_json(partial / TRAINER_FILE, {**trainer_state, "files": file_digests(partial)})
             if final.exists():  # a checkpoint of the same step from an earlier attempt
                 shutil.rmtree(final)
             os.rename(partial, final)

@@ -90,6 +90,9 @@ class DataConfig:
     """``BlankConfig`` fields over the preset: ``seq_length``, ``bert_prob``, ``gap_sentence_prob``, ..."""
     num_workers: NonNegative = 1
     """Processes building batches beside each training process (0 builds them in the training process)."""
+    verify: bool = False
+    """Check every shard's full SHA-256 against the manifest before training (reads the whole corpus once; each
+    shard's size and a sampled hash are checked on every open anyway)."""
     pad_to_multiple_of: int | None = None
     """Pad every batch's length to a multiple of this (fewer distinct shapes); null pads to the longest sample."""
 
@@ -172,6 +175,9 @@ class CheckpointConfig:
     """null (start fresh), 'latest' (the newest complete checkpoint of this run, if any) or a checkpoint folder."""
     export_final: bool = True
     """Export the final model with ``save_pretrained`` to ``output_dir/final`` (loads with ``from_pretrained``)."""
+    trust_pickled_classes: bool = False
+    """DeepSpeed resume: also load checkpoint files whose pickles name classes outside DeepSpeed's known state
+    classes (unpickling them can run code: only for checkpoints you made). Off: such a checkpoint is refused."""
 
 
 @dataclass(config=_STRICT)

@@ -75,7 +75,7 @@ class DeepSpeedTrainer(Trainer):
             world.rank,
             world.distributed,
             save_payload=lambda path: engine.save_checkpoint(str(path), tag=TAG, save_latest=False),
-            load_payload=lambda path: _load(engine, path),
+            load_payload=lambda path: _load(engine, path, job.checkpoint.trust_pickled_classes),
         )
         trainer = cls(
             config, world, engine, ds_optimizer, scheduler, objective, train_data, checkpointer, metrics,
@@ -131,7 +131,47 @@ def _skip_shared_memory_kernel() -> None:
         compatible["deepspeed_shm_comm"] = False
 
 
-def _load(engine, path) -> None:
+SAFE_DEEPSPEED_GLOBALS = frozenset(
+    {
+        "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+        "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+        "deepspeed.utils.tensor_fragment.fragment_address",
+        "deepspeed.runtime.zero.config.ZeroStageEnum",
+    }
+)
+"""Classes DeepSpeed's own checkpoints name besides what ``torch.load(weights_only=True)`` allows: plain state
+holders (a loss scale, a fragment's offsets, the ZeRO stage)."""
+
+
+def check_pickles(folder, trust: bool = False) -> None:
+    """Refuse a DeepSpeed checkpoint whose files reference anything but tensors, containers and
+    :data:`SAFE_DEEPSPEED_GLOBALS`, before DeepSpeed unpickles them: its ``load_checkpoint`` calls ``torch.load``
+    with ``weights_only=False``, so a crafted file would run code on ``--resume``. The globals are read from the
+    pickles without unpickling them (``torch.serialization.get_unsafe_globals_in_checkpoint``)."""
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
+
+    files = sorted(Path(folder).rglob("*.pt"))
+    if not files:
+        raise CheckpointError(f"{folder} holds no DeepSpeed checkpoint files (*.pt)")
+    for file in files:
+        try:
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(file)))
+        except Exception as error:  # a truncated or foreign file: name it rather than let DeepSpeed fail later
+            raise CheckpointError(f"{file}: not a readable checkpoint file ({type(error).__name__}: {error})") from None
+        unknown = sorted(names - SAFE_DEEPSPEED_GLOBALS)
+        if unknown and not trust:
+            raise CheckpointError(
+                f"{file} names {', '.join(unknown)}: unpickling it could run code, so it is not loaded (set "
+                "checkpoint.trust_pickled_classes: true only for a checkpoint you made)"
+            )
+
+
+def _load(engine, path, trust: bool = False) -> None:
+    from pathlib import Path
+
+    check_pickles(Path(path) / TAG, trust)
     load_path, _ = engine.load_checkpoint(
         str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
     )

@@ -114,7 +114,7 @@ def build_blank_config(job: JobConfig) -> BlankConfig:
         raise ConfigError(f"data.blanks: {error}") from error
 
 
-def open_shards(path: str | None, what: str) -> TokenShards | None:
+def open_shards(path: str | None, what: str, verify: bool = False) -> TokenShards | None:
     if not path:
         return None
     folder = Path(path)
@@ -126,7 +126,7 @@ def open_shards(path: str | None, what: str) -> TokenShards | None:
             f"--output {folder}` first"
         )
     try:
-        shards = TokenShards(folder)
+        shards = TokenShards(folder, verify=verify)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{what}: {error}") from None
     if shards.num_tokens == 0:
@@ -147,8 +147,8 @@ def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
         )
     if not job.data.path:
         raise ConfigError("data.path is empty: give the token-shards folder written by `torchglm prepare-data`")
-    train_shards = open_shards(job.data.path, "data.path")
-    eval_shards = open_shards(job.data.eval_path, "data.eval_path")
+    train_shards = open_shards(job.data.path, "data.path", job.data.verify)
+    eval_shards = open_shards(job.data.eval_path, "data.eval_path", job.data.verify)
     for shards in filter(None, (train_shards, eval_shards)):
         top = max(shards.vocab_size, shards.special_ids.max_id + 1)
         if top > model_config.vocab_size:
@@ -176,6 +176,10 @@ def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
     if resume_from is not None:
         saved = check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
         _check_same_run(resume_from, saved.get("config", {}), job)
+        if job.parallel.engine == "deepspeed":
+            from .deepspeed import TAG, check_pickles
+
+            check_pickles(resume_from / TAG, job.checkpoint.trust_pickled_classes)
     _check_writable(Path(job.train.output_dir))
     if job.model.init_from:
         from torchglm.checkpoint import check_checkpoint_folder
@@ -328,6 +332,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the newest complete checkpoint of train.output_dir, or from CHECKPOINT",
     )
     parser.add_argument("--dry-run", action="store_true", help="check config, data and checkpoint, then exit")
+    parser.add_argument(
+        "--verify", action="store_true",
+        help="check every token shard's full SHA-256 against its manifest first (= --data.verify true)",
+    )  # fmt: skip
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     group = parser.add_argument_group(
         "config overrides", "VALUE is read as YAML; also --model.overrides.FIELD and --data.blanks.FIELD"
@@ -353,6 +361,8 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
             overrides += [f"--{key}", value]
     if args.resume is not None:
         overrides += ["--checkpoint.resume", args.resume]
+    if getattr(args, "verify", False):
+        overrides += ["--data.verify", "true"]
     return load_job_config(args.config, overrides)
 
 
