@@ -118,3 +118,41 @@ def test_every_finetune_preset_loads():
         task = TASKS[job.task.name]
         if preset.stem == job.task.name:  # the original's settings: the preset agrees with the task's table
             assert (job.task.src_seq_length, job.task.tgt_seq_length) == (task.src_seq_length, task.tgt_seq_length)
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_matches_one_process(shared_dir, xsum_folder, tmp_path):
+    """FSDP2 over 2 processes (gloo): the same losses as one process with the same global batch; rank 0 decodes
+    the gathered weights for the dev ROUGE and writes best/."""
+    import subprocess
+    import sys
+
+    from .conftest import child_env
+
+    no_dropout = []
+    for name in ("embedding_dropout_prob", "attention_dropout_prob", "output_dropout_prob"):
+        no_dropout += [f"--model.overrides.{name}", "0.0"]
+    one = tmp_path / "one"
+    assert finetune(shared_dir, xsum_folder, one, "--train.steps", "4", *no_dropout) == 0
+    two = tmp_path / "two"
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "torchglm.cli",
+        "finetune", "seq2seq", "--task", "xsum", "--model", str(shared_dir / "golden" / "glm-ref-fill"),
+        "--data", str(xsum_folder), "--output", str(two), "--task.src_seq_length", "48", "--task.tgt_seq_length",
+        "12", "--task.eval_examples", "2", "--task.num_beams", "2", "--task.min_new_tokens", "2",
+        "--train.global_batch_size", "4", "--train.micro_batch_size", "2", "--optim.lr", "3e-3",
+        "--schedule.warmup_ratio", "0.0", "--train.eval_interval", "4", "--checkpoint.interval", "4",
+        "--logging.progress_bar", "false", "--logging.tensorboard", "false", "--train.steps", "4", *no_dropout,
+    ]  # fmt: skip
+    done = subprocess.run(args, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def records(run):
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+    losses = [{r["step"]: r["loss"] for r in records(run) if "loss" in r and "eval/loss" not in r} for run in (one, two)]
+    assert losses[0].keys() == losses[1].keys()
+    assert all(abs(losses[0][k] - losses[1][k]) < 1e-4 for k in losses[0])
+    rouge = [[r["eval/rouge1"] for r in records(run) if "eval/rouge1" in r] for run in (one, two)]
+    assert rouge[0] == pytest.approx(rouge[1], abs=1e-6)
+    assert (two / "best" / "metrics.json").is_file() and (two / "final" / "model.safetensors").is_file()

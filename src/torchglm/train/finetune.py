@@ -324,17 +324,28 @@ def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
     holder: dict[str, Any] = {}
 
     def dev_metrics(model) -> dict[str, float]:
-        """ROUGE of the dev examples' decoded targets; a new best is exported to best/."""
-        result = seq2seq.evaluate_seq2seq(
-            model, plan.tokenizer, plan.dev_examples, plan.task, options, batch_size=t.eval_batch_size
-        )
+        """ROUGE of the dev examples' decoded targets; a new best is saved to best/. Under torchrun, rank 0
+        decodes a plain copy of the gathered weights (the decoding core calls the model's trunk directly, which a
+        sharded model cannot serve) and sends the scores to the other ranks."""
         trainer = holder["trainer"]
-        scores = dict(result.rouge)
+        decoder = _plain_model(trainer, model, config, world, job.parallel.tp_size)
+        scores = None
+        if decoder is not None:
+            result = seq2seq.evaluate_seq2seq(
+                decoder, plan.tokenizer, plan.dev_examples, plan.task, options, batch_size=t.eval_batch_size
+            )
+            scores = dict(result.rouge)
+        if world.distributed:
+            box = [scores]
+            torch.distributed.broadcast_object_list(box, src=0)
+            scores = box[0]
         evaluations.append({"step": trainer.step, **scores})
         if scores[t.best_metric] > best[t.best_metric]:
             best.clear()
             best.update({"step": trainer.step, **scores})
-            _export_best(trainer, config, world, out, plan.tokenizer, best, job.parallel.tp_size, export_model)
+            if world.is_main:
+                _save_best(decoder, out, plan.tokenizer, best)
+            world.barrier()
             scores["best"] = 1.0
         return scores
 
@@ -378,24 +389,40 @@ def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
     return trainer
 
 
-def _export_best(trainer, config, world, out: Path, tokenizer, best: dict, tp_size: int, export_model) -> None:
-    """best/ replaced whole: written beside it, then renamed over it (collective, like any export)."""
+def _plain_model(trainer, model, config, world, tp_size: int):
+    """The model to decode with: the training model itself in one process; under torchrun a plain copy of the
+    gathered weights on rank 0 (None on the other ranks). Collective under torchrun."""
+    if not world.distributed:
+        return getattr(model, "module", model)  # DeepSpeed's engine wraps the model
+    from torchglm.model import GLMForConditionalGeneration, tensor_parallel_layout
+
+    state = trainer.full_state_dict()
+    if not world.is_main:
+        return None
+    if tp_size > 1:
+        state = tensor_parallel_layout(state, config.num_attention_heads, tp_size, inverse=True)
+    with torch.device("meta"):
+        plain = GLMForConditionalGeneration(config)
+    plain.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, assign=True)
+    return plain.to(world.device).eval()
+
+
+def _save_best(model, out: Path, tokenizer, best: dict) -> None:
+    """best/ replaced whole: written beside it, then renamed over it."""
     staging = out / "best.tmp"
-    if world.is_main and staging.exists():
+    if staging.exists():
         shutil.rmtree(staging)
-    export_model(trainer, config, world, staging, tp_size)
-    if world.is_main:
-        tokenizer.save_pretrained(staging)
-        (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
-        old = out / "best.old"
-        if (out / "best").exists():
-            (out / "best").rename(old)
-        staging.rename(out / "best")
-        if old.exists():
-            shutil.rmtree(old)
-        logger.info("new best %s at step %s: best/", {k: round(v, 2) for k, v in best.items() if k != "step"},
-                    best["step"])  # fmt: skip
-    world.barrier()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
+    old = out / "best.old"
+    if (out / "best").exists():
+        (out / "best").rename(old)
+    staging.rename(out / "best")
+    if old.exists():
+        shutil.rmtree(old)
+    logger.info("new best %s at step %s: best/", {k: round(v, 2) for k, v in best.items() if k != "step"},
+                best["step"])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,6 +449,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = seq.add_argument_group("config overrides", "VALUE is read as YAML")
     for option, help_text in override_options(Seq2SeqJob):
         group.add_argument(option, dest=option[2:], metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+    from torchglm.config import GLMConfig
+
+    for name in dataclasses.fields(GLMConfig):  # --model.overrides.FIELD, e.g. output_dropout_prob
+        seq.add_argument(
+            f"--model.overrides.{name.name}", dest=f"model.overrides.{name.name}", default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
 
 
 def spec_from_args(args: argparse.Namespace) -> Seq2SeqJob:
