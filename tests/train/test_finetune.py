@@ -150,7 +150,9 @@ def test_finetune_under_torchrun_matches_one_process(shared_dir, xsum_folder, tm
     def records(run):
         return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
-    losses = [{r["step"]: r["loss"] for r in records(run) if "loss" in r and "eval/loss" not in r} for run in (one, two)]
+    losses = [
+        {r["step"]: r["loss"] for r in records(run) if "loss" in r and "eval/loss" not in r} for run in (one, two)
+    ]
     assert losses[0].keys() == losses[1].keys()
     assert all(abs(losses[0][k] - losses[1][k]) < 1e-4 for k in losses[0])
     rouge = [[r["eval/rouge1"] for r in records(run) if "eval/rouge1" in r] for run in (one, two)]
