@@ -41,6 +41,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, *, summarize: bool =
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    fields = parser.add_argument_group("JSON-lines fields (default: the task's, e.g. xsum document/summary)")
+    fields.add_argument("--source-field", help="the field holding the document (or context)")
+    fields.add_argument("--target-field", help="the field holding the reference (summary, question, target)")
+    fields.add_argument("--answer-field", help="question generation: the field holding the answer")
     lengths = parser.add_argument_group("lengths (default: the task's, capped by the model's positions)")
     lengths.add_argument("--src-seq-length", type=int, help="most tokens of the source part")
     lengths.add_argument("--tgt-seq-length", type=int, help="most target tokens (and decoded tokens)")
@@ -71,14 +75,15 @@ def task_and_options(args, model):
     """The task preset with the command line's lengths, capped by the model's positions, and its decoding."""
     from torchglm.tasks.seq2seq import get_task
 
-    task = get_task(args.seq2seq_task, src_seq_length=args.src_seq_length, tgt_seq_length=args.tgt_seq_length)
+    names = {"source_field": args.source_field, "target_field": args.target_field, "answer_field": args.answer_field}
+    task = get_task(args.seq2seq_task, src_seq_length=args.src_seq_length, tgt_seq_length=args.tgt_seq_length, **names)
     positions = int(model.config.max_sequence_length)
     if task.src_seq_length >= positions:
         if args.src_seq_length is not None:
             raise InputError(
                 f"--src-seq-length {task.src_seq_length} leaves no position for the target: the model has {positions}"
             )
-        task = get_task(args.seq2seq_task, src_seq_length=positions - 1, tgt_seq_length=task.tgt_seq_length)
+        task = get_task(args.seq2seq_task, src_seq_length=positions - 1, tgt_seq_length=task.tgt_seq_length, **names)
         log.info("source length capped at %d (the model's %d positions)", task.src_seq_length, positions)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: must be at least 1")

@@ -137,6 +137,21 @@ def test_cli_reproduces_beam_summaries(shared_dir, golden, tmp_path):
     assert results["examples"] == len(golden["cases"]) and set(results["rouge"]) == set(seq2seq.ROUGE_TYPES)
 
 
+def test_field_names_are_configurable_on_the_command_line(shared_dir, golden, tmp_path, capsys):
+    from torchglm.cli import main
+
+    case = golden["cases"][0]
+    data = tmp_path / "renamed.jsonl"
+    data.write_text(json.dumps({"article": case["document"], "gist": case["summary"]}) + "\n")
+    args = ["evaluate", "seq2seq", "--task", "xsum", "--data", str(data), "--output", str(tmp_path / "out"),
+            "--model", str(shared_dir / "golden" / "glm-ref-fill"), "--src-seq-length", "96", "--tgt-seq-length",
+            "16", "--num-beams", "3", "--min-new-tokens", "3", "--no-progress"]  # fmt: skip
+    assert main(args) == 2 and 'field "document" is missing' in capsys.readouterr().err
+    assert main([*args, "--source-field", "article", "--target-field", "gist"]) == 0
+    row = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["token_ids"] == case["beam"]["hypothesis"]
+
+
 def test_summarize_prints_one_summary_per_document(shared_dir, golden, reference, tmp_path, capsys):
     from torchglm.cli import main
 

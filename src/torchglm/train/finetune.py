@@ -71,6 +71,12 @@ class Seq2SeqTaskConfig:
     """Most source tokens (null: the task's, capped by the model's positions)."""
     tgt_seq_length: Positive | None = None
     """Most target tokens, <|endofpiece|> included (null: the task's)."""
+    source_field: str | None = None
+    """JSON-lines field of the source (null: the task's, e.g. xsum's document)."""
+    target_field: str | None = None
+    """JSON-lines field of the target (null: the task's, e.g. xsum's summary)."""
+    answer_field: str | None = None
+    """Question generation: the answer's field (null: answer, or SQuAD's answers.text)."""
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     """e in (1 - e) CE + e mean(-log p), as the original."""
     epochs: Annotated[float, Field(gt=0)] | None = None
@@ -221,7 +227,8 @@ def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan
     t = spec.task
     if not t.data:
         raise ConfigError("task.data (--data) is empty: give the folder with the task's split files")
-    task = seq2seq.get_task(t.name, src_seq_length=t.src_seq_length, tgt_seq_length=t.tgt_seq_length)
+    names = {"source_field": t.source_field, "target_field": t.target_field, "answer_field": t.answer_field}
+    task = seq2seq.get_task(t.name, src_seq_length=t.src_seq_length, tgt_seq_length=t.tgt_seq_length, **names)
     if task.src_seq_length + task.tgt_seq_length > config.max_sequence_length:
         if t.src_seq_length is not None:
             raise ConfigError(
@@ -231,7 +238,7 @@ def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan
         src = config.max_sequence_length - task.tgt_seq_length
         if src < 8:
             raise ConfigError(f"task.tgt_seq_length {task.tgt_seq_length} leaves no room for the source")
-        task = seq2seq.get_task(t.name, src_seq_length=src, tgt_seq_length=task.tgt_seq_length)
+        task = seq2seq.get_task(t.name, src_seq_length=src, tgt_seq_length=task.tgt_seq_length, **names)
     ids = seq2seq.prompt_ids(tokenizer)
     train_examples = seq2seq.read_split(t.data, task, t.train_split)[: t.train_examples]
     dev_examples = seq2seq.read_split(t.data, task, t.dev_split)[: t.eval_examples]
