@@ -20,6 +20,20 @@ def files(shared_dir, tmp_path):
     import json
     import shutil
 
+    for task, lines in (
+        (
+            "RTE",
+            [
+                '{"premise": "a", "hypothesis": "b", "label": "entailment", "idx": 0}',
+                '{"premise": "a", "label": "entailment", "idx": 1}',
+            ],
+        ),
+        ("CB", ['{"premise": "a", "hypothesis": "b", "label": "maybe", "idx": 0}']),
+    ):
+        (tmp_path / "sg" / task).mkdir(parents=True)
+        for split in ("val", "train"):
+            (tmp_path / "sg" / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
     shutil.copytree(shared_dir / "golden" / "glm-ref-fill", tmp_path / "badshape")
     config = json.loads((tmp_path / "badshape" / "config.json").read_text())
     (tmp_path / "badshape" / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
@@ -62,6 +76,13 @@ CASES = [
       "--num-beams", "0"], "--num-beams must be an integer >= 1"),
     (["summarize", "{tmp}/missing.txt", "--model", "{model}"], "no such file"),
     (["summarize", "{tmp}/blank.txt", "--model", "{model}", "--output", "{tmp}/out.txt"], "the file is empty"),
+    (["evaluate", "superglue", "--task", "rte", "--model", "{model}", "--data", "{tmp}/sg"],
+     'RTE/val.jsonl, line 2: field "hypothesis" is missing'),
+    (["evaluate", "superglue", "--task", "rte", "--model", "{model}", "--data", "{tmp}/sg", "--split", "nope"],
+     "nope.jsonl: no such file"),
+    (["evaluate", "superglue", "--task", "cb", "--model", "{model}", "--data", "{tmp}/sg"], "unknown label 'maybe'"),
+    (["finetune", "superglue", "--task", "rte", "--model", "{model}", "--data", "{tmp}/sg", "--output", "{tmp}/run",
+      "--task.pattern_id", "8"], "rte has no pattern 8"),
     (["finetune", "seq2seq", "--model", "{model}", "--data", "{tmp}/nope", "--output", "{tmp}/run"],
      "{tmp}/nope: no such file or folder"),
     (["finetune", "seq2seq", "--data", "{tmp}", "--output", "{tmp}/run"], "model.init_from (--model) is empty"),

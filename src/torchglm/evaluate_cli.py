@@ -64,6 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     choice = tasks.add_parser("multichoice", help="zero-shot multiple choice from a JSON-lines file", **kinds)
     choice.add_argument("--length-normalize", action="store_true", help="rank choices by mean token log-prob")
+    superglue = tasks.add_parser(
+        "superglue", help="SuperGLUE as cloze questions (PET patterns); writes the submission file",
+        parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    superglue.add_argument("--task", dest="superglue_task", required=True,
+                           choices=["rte", "cb", "boolq", "wic", "multirc", "copa", "wsc", "record"])  # fmt: skip
+    superglue.add_argument("--data", default="../shared/data/superglue",
+                           help="the SuperGLUE folder (RTE/val.jsonl, ...) or the task's own folder")  # fmt: skip
+    superglue.add_argument("--split", default="val", help="val (default), train, test or dev32")
+    superglue.add_argument("--pattern-id", type=int, help="the pattern (default: the original's for the task)")
+    superglue.add_argument("--seq-length", type=int, help="default: the task's (RTE 256, MultiRC 512, ...)")
+    superglue.add_argument("--length-penalty", type=float, default=0.0,
+                           help="multi-token choices: summed log-prob / tokens ** this (default 0)")  # fmt: skip
+    superglue.add_argument("--batch-size", type=int, default=16)
+    superglue.add_argument("--limit", type=int, help="only the first N examples")
+    superglue.add_argument("--output", help="output folder: TASK.jsonl (submission format), results.json, log")
+    superglue.add_argument("--no-progress", action="store_true")
     from torchglm.seq2seq_cli import add_evaluate_arguments
 
     add_evaluate_arguments(
@@ -87,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         from torchglm.seq2seq_cli import run_evaluate
 
         return run_evaluate(args)
+    if args.task == "superglue":
+        return run_superglue(args)
     data = args.data or DEFAULT_DATA.get(args.task)
     if data is None:
         raise InputError(f"evaluate {args.task} needs --data FILE")
@@ -239,4 +258,43 @@ def run_harness(args: argparse.Namespace) -> int:
         lm_eval_main.cli_evaluate()
     finally:
         sys.argv = argv
+    return 0
+
+
+def run_superglue(args: argparse.Namespace) -> int:
+    """``torchglm evaluate superglue``: the task's split scored as cloze questions; metrics and submission file."""
+    from torchglm.fill_cli import load
+    from torchglm.tasks import superglue
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: must be at least 1")
+    task = args.superglue_task
+    path = superglue.task_file(args.data, task, args.split)
+    _setup_logging(None)
+    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    split = {"val": "dev", "dev32": "dev"}.get(args.split, args.split)
+    examples = superglue.read_examples(task, path, split)[: args.limit]
+    output = Path(args.output) if args.output else None
+    _setup_logging(output / "evaluate.json" if output else None)
+    log.info("torchglm evaluate superglue %s: model %s, %s (%d examples)", task, args.model, path, len(examples))
+    started = time.perf_counter()
+    args.task = task
+    with _progress(args, len(examples), "examples") as progress:
+        result = superglue.evaluate_superglue(
+            model, tokenizer, task, examples, pattern_id=args.pattern_id, seq_length=args.seq_length,
+            length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    log.info("%s  [%.1f s]", result.summary(), elapsed)
+    if output is not None:
+        from torchglm.seq2seq_cli import write_text_atomic
+
+        output.mkdir(parents=True, exist_ok=True)
+        rows = superglue.submission_rows(task, examples, result.predictions)
+        name = superglue.TASK_FOLDERS[task] + ".jsonl"
+        write_text_atomic(output / name, "".join(json.dumps(r) + "\n" for r in rows))
+        record = result.to_dict() | {"model": str(args.model), "data": str(path), "data_sha256": _sha256(path),
+                                     "seconds": round(elapsed, 3)}  # fmt: skip
+        write_json_atomic(output / "results.json", record)
+        log.info("predictions: %s", output / name)
     return 0

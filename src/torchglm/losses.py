@@ -3,7 +3,8 @@
 An objective takes the model and a batch (:class:`~torchglm.layout.GLMBatch`) and returns :class:`LossSums`:
 the sum of its loss terms and their number, so that micro-batches and data-parallel ranks combine into the mean
 over the global batch whatever their sizes. The trainer (``torchglm.train.Trainer``) needs nothing else to
-know of GLM. Finetuning tasks add their objectives here (cloze, seq2seq with label smoothing).
+know of GLM. A task's own objective lives with its task (``tasks.superglue.ClozeLoss``,
+``tasks.seq2seq.LabelSmoothedLoss``) and follows the same protocol.
 """
 
 from __future__ import annotations

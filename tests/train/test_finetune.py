@@ -106,18 +106,27 @@ def test_finetune_errors_name_the_problem(shared_dir, xsum_folder, tmp_path, cap
 def test_every_finetune_preset_loads():
     from pathlib import Path
 
-    from torchglm.tasks.seq2seq import TASKS
+    import yaml
+
+    from torchglm.tasks import seq2seq, superglue
     from torchglm.train.config import load_job_config
-    from torchglm.train.finetune import Seq2SeqJob
+    from torchglm.train.finetune import ClozeJob, Seq2SeqJob
 
     presets = sorted((Path(__file__).resolve().parents[2] / "configs" / "finetune").glob("*.yaml"))
-    assert len(presets) >= 5
+    assert len(presets) >= 13
     for preset in presets:
-        job = load_job_config(preset, root=Seq2SeqJob)
-        assert job.task.name in TASKS, preset
-        task = TASKS[job.task.name]
-        if preset.stem == job.task.name:  # the original's settings: the preset agrees with the task's table
-            assert (job.task.src_seq_length, job.task.tgt_seq_length) == (task.src_seq_length, task.tgt_seq_length)
+        name = yaml.safe_load(preset.read_text())["task"]["name"]
+        if name in seq2seq.TASKS:
+            job, task = load_job_config(preset, root=Seq2SeqJob), seq2seq.TASKS[name]
+            if preset.stem == name:  # the original's settings: the preset agrees with the task's table
+                assert (job.task.src_seq_length, job.task.tgt_seq_length) == (task.src_seq_length,
+                                                                              task.tgt_seq_length)  # fmt: skip
+        else:
+            job = load_job_config(preset, root=ClozeJob)
+            assert name in superglue.TASKS
+            if preset.stem == name:
+                assert job.task.seq_length == superglue.SEQ_LENGTH[name]
+                assert (job.optim.lr, job.schedule.warmup_ratio, job.schedule.decay_style) == (1e-5, 0.1, "linear")
 
 
 @pytest.mark.slow
@@ -158,3 +167,40 @@ def test_finetune_under_torchrun_matches_one_process(shared_dir, xsum_folder, tm
     rouge = [[r["eval/rouge1"] for r in records(run) if "eval/rouge1" in r] for run in (one, two)]
     assert rouge[0] == pytest.approx(rouge[1], abs=1e-6)
     assert (two / "best" / "metrics.json").is_file() and (two / "final" / "model.safetensors").is_file()
+
+
+def test_overriding_one_field_keeps_the_jobs_other_defaults():
+    from torchglm.train.config import load_job_config
+    from torchglm.train.finetune import ClozeJob, Seq2SeqJob
+
+    job = load_job_config(None, ["--schedule.warmup_ratio", "0.05", "--train.steps", "5"], root=ClozeJob)
+    assert (job.schedule.decay_style, job.schedule.min_lr_ratio, job.schedule.warmup_ratio) == ("linear", 0.0, 0.05)
+    assert (job.train.global_batch_size, job.train.steps, job.optim.lr) == (16, 5, 1e-5)
+    job = load_job_config(None, ["--optim.lr", "1e-3"], root=Seq2SeqJob)
+    assert (job.optim.lr, job.optim.weight_decay, job.schedule.decay_style) == (1e-3, 0.1, "linear")
+
+
+@pytest.mark.parametrize("task, steps", [("rte", 40), ("copa", 30)])
+def test_cloze_finetuning_overfits_32_training_examples(shared_dir, tmp_path, task, steps):
+    """Through the CLI, on the tiny reference model: RTE (single-token) and COPA (multi-token, mirrored to 64)
+    reach 100% accuracy on their own training examples."""
+    out = tmp_path / task
+    args = [
+        "finetune", "superglue", "--task", task, "--model", str(shared_dir / "golden" / "glm-ref-fill"),
+        "--data", str(shared_dir / "data" / "superglue"), "--output", str(out), "--task.dev_split", "train",
+        "--task.seq_length", "128", "--train.steps", str(steps), "--train.eval_interval", str(steps),
+        "--optim.lr", "2e-3", "--schedule.warmup_ratio", "0.05", "--checkpoint.interval", "0",
+        "--logging.progress_bar", "false", "--logging.tensorboard", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluations"][0]["accuracy"] < 75  # the reference model does not know the task
+    assert results["best"]["accuracy"] == 100.0 and results["best"]["step"] == steps
+    from torchglm.tasks import superglue
+
+    assert results["pattern_id"] == superglue.DEFAULT_PATTERN[task]
+    # best/ is a from_pretrained folder that scores the training examples perfectly on its own
+    assert main(["evaluate", "superglue", "--task", task, "--model", str(out / "best"), "--split", "train",
+                 "--seq-length", "128", "--data", str(shared_dir / "data" / "superglue"), "--output",
+                 str(tmp_path / "eval"), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]["accuracy"] == 100.0

@@ -80,11 +80,11 @@ class Seq2SeqTask:
 TASKS: dict[str, Seq2SeqTask] = {
     task.name: task
     for task in (
-        # the original's config_tasks scripts: lengths, beams, length penalty, minimum length, no-repeat size
+        # the original's config_tasks/seq_*.sh: lengths, beams, length penalty, minimum length, no-repeat size
         Seq2SeqTask("cnn_dm", "summary", 608, 160, 5, 0.7, 55, 3, "article", "highlights"),
-        Seq2SeqTask("xsum", "summary", 464, 60, 6, 1.0, 10, 3, "document", "summary"),
+        Seq2SeqTask("xsum", "summary", 608, 60, 6, 1.0, 10, 3, "document", "summary"),
         Seq2SeqTask("gigaword", "summary", 192, 32, 5, 0.6, 0, 3, "document", "summary"),
-        Seq2SeqTask("squad_generation", "question", 512, 64, 5, 1.0, 0, 3, "context", "question", "answer"),
+        Seq2SeqTask("squad_generation", "question", 464, 48, 5, 0.7, 0, 0, "context", "question", "answer"),
         Seq2SeqTask("custom", "pairs", 512, 128, 5, 1.0, 0, 3),
     )
 }

@@ -238,9 +238,16 @@ class JobConfig:
 
 
 def section_from_mapping(root: type, value: Any, info: ValidationInfo) -> Any:
-    """Strict mode takes a section only as its dataclass: build it from a mapping (null: the defaults)."""
+    """Strict mode takes a section only as its dataclass: build it from a mapping (null: the defaults). Fields the
+    mapping leaves out keep the job class's own defaults for that section (a finetuning job's linear schedule
+    survives ``--schedule.warmup_ratio 0.1``), not the section class's."""
     if value is None or isinstance(value, dict):
-        return sections_of(root)[info.field_name](**{str(k): v for k, v in (value or {}).items()})
+        spec = next(f for f in dataclasses.fields(root) if f.name == info.field_name)
+        base = {}
+        if spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+            base = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+        return sections_of(root)[info.field_name](**{**base, **{str(k): v for k, v in (value or {}).items()}})
     return value
 
 

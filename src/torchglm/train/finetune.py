@@ -138,6 +138,65 @@ class Seq2SeqJob:
         )  # fmt: skip
 
 
+@dataclass(config=_STRICT)
+class ClozeTaskConfig:
+    name: str = "rte"
+    """The SuperGLUE task: rte, cb, boolq, wic, multirc, copa, wsc, record."""
+    data: str = "../shared/data/superglue"
+    """The SuperGLUE folder (RTE/train.jsonl, ...) or the task's own folder."""
+    train_split: str = "train"
+    """The training file's name: train (FewGLUE's 32), train_full (where the folder has it), ..."""
+    dev_split: str = "val"
+    """The split scored at every evaluation (the official dev set)."""
+    pattern_id: Annotated[int, Field(ge=0)] | None = None
+    """The PET pattern (null: the original's default for the task)."""
+    seq_length: Positive | None = None
+    """Tokens per sequence (null: the task's, capped by the model's positions)."""
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    """Passes over the training examples; sets train.steps (null: train.steps as given)."""
+    train_examples: Positive | None = None
+    """Only the first N training examples (null: all)."""
+    eval_examples: Positive | None = None
+    """Only the first N dev examples at each evaluation (null: all)."""
+    eval_batch_size: Positive = 16
+    eval_epochs: Annotated[float, Field(gt=0)] | None = None
+    """Score the dev set every this many epochs; sets train.eval_interval (null: train.eval_interval as given)."""
+    best_metric: str | None = None
+    """The dev metric that picks best/ (null: the task's first: accuracy, f1a, f1)."""
+    length_penalty: float = 0.0
+    """Multi-token scoring: summed answer log-probability / tokens ** this."""
+
+
+def _cloze_train() -> TrainConfig:
+    return TrainConfig(output_dir="runs/finetune-superglue", global_batch_size=16, micro_batch_size=16)
+
+
+@dataclass(config=_STRICT)
+class ClozeJob:
+    """A SuperGLUE finetuning run as cloze questions, with the original's defaults (AdamW lr 1e-5, weight decay
+    0.1, linear decay after a 10% warmup, batch 16)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: ClozeTaskConfig = field(default_factory=ClozeTaskConfig)
+    train: TrainConfig = field(default_factory=_cloze_train)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.1))
+    schedule: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(warmup_ratio=0.1, decay_style="linear", min_lr_ratio=0.0)
+    )
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _section_from_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        return section_from_mapping(cls, value, info)
+
+    to_dict = Seq2SeqJob.to_dict
+    to_yaml = Seq2SeqJob.to_yaml
+    as_job = Seq2SeqJob.as_job
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data: examples in epochs
 
@@ -181,19 +240,36 @@ class EpochBatches:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Plan and run
+# Plan and run: one recipe, a task family plugged in
 
 
 @dataclasses.dataclass
-class Seq2SeqPlan:
-    spec: Seq2SeqJob
+class Family:
+    """What a task family adds to the recipe: its objective and batches, and its dev metrics."""
+
+    name: str
+    objective: Any
+    collate: Any
+    evaluate: Any
+    """``evaluate(model) -> {metric: value}`` on the dev examples (a plain model in eval mode)."""
+    best_metric: str
+    seq_length: int
+    """Tokens per training sample, for the FLOP count."""
+    describe: str
+    settings: dict = dataclasses.field(default_factory=dict)
+    """Recorded in results.json (decoding options, pattern id, ...)."""
+
+
+@dataclasses.dataclass
+class FinetunePlan:
+    spec: Any
     job: JobConfig
     model_folder: str
-    task: Any
-    train_samples: list
-    dev_examples: list
-    dev_samples: list
+    config: Any
     tokenizer: Any
+    family: Family
+    train_samples: list
+    dev_samples: list
     accumulation: int
     resume_from: Path | None
 
@@ -202,19 +278,13 @@ class Seq2SeqPlan:
         return Path(self.job.train.output_dir)
 
 
-def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan:
-    """Everything checked and tokenized before a model is built: the model folder, data, lengths, batches,
-    resume checkpoint and output folder."""
+def _load_pretrained(spec):
+    """The model folder (a built-in name resolved), its config and its tokenizer, or a ConfigError."""
     from torchglm.builtin import resolve
     from torchglm.checkpoint import check_checkpoint_folder
     from torchglm.config import GLMConfig
-    from torchglm.tasks import seq2seq
     from torchglm.tokenization import GLMTokenizer
 
-    from .parallel import world_size_from_env
-    from .pretrain import _check_same_run, _check_writable, model_signature
-
-    world_size = world_size_from_env() if world_size is None else world_size
     if not spec.model.init_from:
         raise ConfigError("model.init_from (--model) is empty: finetuning starts from a pretrained model folder")
     folder = resolve(spec.model.init_from)
@@ -224,6 +294,51 @@ def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan
         tokenizer = GLMTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.init_from {spec.model.init_from}: {error}") from None
+    for key, value in spec.model.overrides.items():
+        setattr(config, key, value)
+    return folder, config, tokenizer
+
+
+def _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size) -> FinetunePlan:
+    """Steps from epochs, batch sizes against the world, resume compatibility and a writable run folder."""
+    from .parallel import world_size_from_env
+    from .pretrain import _check_same_run, _check_writable, model_signature
+
+    world_size = world_size_from_env() if world_size is None else world_size
+    batch = spec.train.global_batch_size
+    if len(train_samples) < batch:
+        raise ConfigError(f"{len(train_samples)} training examples do not fill one batch of train.global_batch_size "
+                          f"{batch}")  # fmt: skip
+    steps = spec.train.steps
+    if spec.task.epochs is not None:
+        steps = max(1, round(spec.task.epochs * (len(train_samples) // batch)))
+    job = spec.as_job(steps)
+    every = getattr(spec.task, "eval_epochs", None)
+    if every is not None:
+        job.train.eval_interval = max(1, round(every * (len(train_samples) // batch)))
+    _, accumulation = check_world(job, world_size)
+    checkpoints = Path(job.train.output_dir) / "checkpoints"
+    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
+    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
+        raise ConfigError(
+            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another train.output_dir"
+        )
+    if resume_from is not None:
+        saved = check_compatible(resume_from, model_signature(config, job.parallel.tp_size))
+        _check_same_run(resume_from, saved.get("config", {}), job)
+    _check_writable(Path(job.train.output_dir))
+    job.model.init_from = folder
+    return FinetunePlan(spec, job, folder, config, tokenizer, family, train_samples, dev_samples, accumulation,
+                        resume_from)  # fmt: skip
+
+
+def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> FinetunePlan:
+    """Everything checked and tokenized before a model is built: the model folder, data, lengths, batches,
+    resume checkpoint and output folder."""
+    from torchglm.tasks import seq2seq
+
+    folder, config, tokenizer = _load_pretrained(spec)
     t = spec.task
     if not t.data:
         raise ConfigError("task.data (--data) is empty: give the folder with the task's split files")
@@ -244,38 +359,67 @@ def plan_seq2seq(spec: Seq2SeqJob, world_size: int | None = None) -> Seq2SeqPlan
     dev_examples = seq2seq.read_split(t.data, task, t.dev_split)[: t.eval_examples]
     train_samples = [seq2seq.training_sample(tokenizer, e, task, ids) for e in train_examples]
     dev_samples = [seq2seq.training_sample(tokenizer, e, task, ids) for e in dev_examples]
-    steps = spec.train.steps
-    if t.epochs is not None:
-        per_epoch = len(train_samples) // spec.train.global_batch_size
-        if per_epoch == 0:
-            raise ConfigError(
-                f"{len(train_samples)} training examples do not fill one batch of train.global_batch_size "
-                f"{spec.train.global_batch_size}"
-            )
-        steps = max(1, round(t.epochs * per_epoch))
-    job = spec.as_job(steps)
-    dp, accumulation = check_world(job, world_size)
-    if len(train_samples) < job.train.global_batch_size:
-        raise ConfigError(
-            f"{len(train_samples)} training examples do not fill one batch of {job.train.global_batch_size}"
-        )
-    checkpoints = Path(job.train.output_dir) / "checkpoints"
-    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
-    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
-        raise ConfigError(
-            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
-            "another train.output_dir"
-        )
-    if resume_from is not None:
-        saved = check_compatible(resume_from, model_signature(config, job.parallel.tp_size))
-        _check_same_run(resume_from, saved.get("config", {}), job)
-    _check_writable(Path(job.train.output_dir))
-    job.model.init_from = folder
-    return Seq2SeqPlan(spec, job, folder, task, train_samples, dev_examples, dev_samples, tokenizer, accumulation,
-                       resume_from)  # fmt: skip
+    options = task.generation_options(
+        num_beams=t.num_beams, length_penalty=t.length_penalty, min_new_tokens=t.min_new_tokens,
+        max_new_tokens=t.max_new_tokens, no_repeat_ngram_size=t.no_repeat_ngram_size,
+    )  # fmt: skip
+
+    def evaluate(model) -> dict[str, float]:
+        result = seq2seq.evaluate_seq2seq(model, tokenizer, dev_examples, task, options, batch_size=t.eval_batch_size)
+        return dict(result.rouge)
+
+    family = Family(
+        task.name, seq2seq.LabelSmoothedLoss(t.label_smoothing),
+        lambda rows: seq2seq.collate(rows, tokenizer.pad_token_id), evaluate, t.best_metric,
+        task.src_seq_length + task.tgt_seq_length,
+        f"{len(train_samples)} training and {len(dev_examples)} dev examples",
+        {"generation": dataclasses.asdict(options)},
+    )  # fmt: skip
+    return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
 
 
-def train_seq2seq(plan: Seq2SeqPlan):
+def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePlan:
+    """The cloze recipe's plan: the task's training and dev examples laid out with its pattern, checked first."""
+    from torchglm.tasks import superglue
+
+    folder, config, tokenizer = _load_pretrained(spec)
+    t = spec.task
+    if t.name not in superglue.TASKS:
+        raise ConfigError(f"task.name {t.name!r} is not one of {', '.join(superglue.TASKS)}")
+    pattern = superglue.DEFAULT_PATTERN[t.name] if t.pattern_id is None else t.pattern_id
+    if pattern >= superglue.PATTERNS[t.name]:
+        raise ConfigError(f"task.pattern_id: {t.name} has no pattern {pattern} (its patterns: "
+                          f"0..{superglue.PATTERNS[t.name] - 1})")  # fmt: skip
+    length = min(t.seq_length or superglue.SEQ_LENGTH[t.name], int(config.max_sequence_length))
+    train_split = {"train": "train", "train_full": "train"}.get(t.train_split, "train")
+    train_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.train_split), train_split)
+    dev_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.dev_split), "dev")
+    train_examples, dev_examples = train_examples[: t.train_examples], dev_examples[: t.eval_examples]
+    train_samples = superglue.build_inputs(tokenizer, t.name, train_examples, pattern, length)
+    dev_samples = superglue.build_inputs(tokenizer, t.name, dev_examples, pattern, length)
+    first_metric = next(iter(superglue.metrics(t.name, dev_examples[:1], [0])))
+    best_metric = t.best_metric or first_metric
+
+    def evaluate(model) -> dict[str, float]:
+        result = superglue.evaluate_superglue(
+            model, tokenizer, t.name, dev_examples, pattern_id=pattern, seq_length=length,
+            length_penalty=t.length_penalty, batch_size=t.eval_batch_size,
+        )  # fmt: skip
+        return dict(result.metrics)
+
+    if best_metric not in superglue.metrics(t.name, dev_examples[:1], [0]):
+        raise ConfigError(f"task.best_metric {best_metric!r} is not one of {t.name}'s metrics")
+    family = Family(
+        t.name, superglue.ClozeLoss(),
+        lambda items: superglue.collate_cloze(items, tokenizer.eos_token_id, tokenizer.sop_token_id),
+        evaluate, best_metric, length,
+        f"{len(train_samples)} training and {len(dev_examples)} dev examples, pattern {pattern}",
+        {"pattern_id": pattern, "seq_length": length},
+    )  # fmt: skip
+    return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
+
+
+def train_finetune(plan: FinetunePlan):
     """Run the planned finetuning in this process (one of torchrun's, or alone); returns the trainer."""
     from .logging import setup_console_logging
     from .parallel import init_distributed
@@ -291,67 +435,52 @@ def train_seq2seq(plan: Seq2SeqPlan):
         return _train(plan, job, world, out)
 
 
-def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
-    from torchglm.config import GLMConfig
+train_seq2seq = train_finetune
+
+
+def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     from torchglm.model import training_flops
-    from torchglm.tasks import seq2seq
 
     from .logging import MetricLogger, plot_log
     from .pretrain import model_signature
     from .recipe import build_model, build_trainer, export_model
 
-    config = GLMConfig.from_pretrained(plan.model_folder)
-    for key, value in job.model.overrides.items():
-        setattr(config, key, value)
+    config, family = plan.config, plan.family
     model = build_model(job, config, world)
     torch.manual_seed(job.train.seed + 1 + world.dp_rank)
-    pad = plan.tokenizer.pad_token_id
-
-    def collate(samples):
-        return seq2seq.collate(samples, pad)
-
     train_data = EpochBatches(
-        plan.train_samples, job.train.micro_batch_size, collate, seed=job.train.seed, rank=world.dp_rank,
+        plan.train_samples, job.train.micro_batch_size, family.collate, seed=job.train.seed, rank=world.dp_rank,
         world_size=world.dp_size,
     )  # fmt: skip
     dev_rows = plan.dev_samples[world.dp_rank :: world.dp_size]
 
     def dev_loss_batches():
         size = job.train.micro_batch_size
-        return (collate(dev_rows[i : i + size]) for i in range(0, len(dev_rows), size))
+        return (family.collate(dev_rows[i : i + size]) for i in range(0, len(dev_rows), size))
 
-    t = plan.spec.task
-    options = plan.task.generation_options(
-        num_beams=t.num_beams, length_penalty=t.length_penalty, min_new_tokens=t.min_new_tokens,
-        max_new_tokens=t.max_new_tokens, no_repeat_ngram_size=t.no_repeat_ngram_size,
-    )  # fmt: skip
     best_file = out / "best" / "metrics.json"
-    best = json.loads(best_file.read_text()) if best_file.is_file() else {"step": None, t.best_metric: float("-inf")}
+    metric = family.best_metric
+    best = json.loads(best_file.read_text()) if best_file.is_file() else {"step": None, metric: float("-inf")}
     evaluations: list[dict] = []
     holder: dict[str, Any] = {}
 
     def dev_metrics(model) -> dict[str, float]:
-        """ROUGE of the dev examples' decoded targets; a new best is saved to best/. Under torchrun, rank 0
-        decodes a plain copy of the gathered weights (the decoding core calls the model's trunk directly, which a
-        sharded model cannot serve) and sends the scores to the other ranks."""
+        """The family's dev metrics; a new best is saved to best/. Under torchrun, rank 0 evaluates a plain copy
+        of the gathered weights (the decoding core calls the model's trunk directly, which a sharded model cannot
+        serve) and sends the scores to the other ranks."""
         trainer = holder["trainer"]
-        decoder = _plain_model(trainer, model, config, world, job.parallel.tp_size)
-        scores = None
-        if decoder is not None:
-            result = seq2seq.evaluate_seq2seq(
-                decoder, plan.tokenizer, plan.dev_examples, plan.task, options, batch_size=t.eval_batch_size
-            )
-            scores = dict(result.rouge)
+        plain = _plain_model(trainer, model, config, world, job.parallel.tp_size)
+        scores = family.evaluate(plain) if plain is not None else None
         if world.distributed:
             box = [scores]
             torch.distributed.broadcast_object_list(box, src=0)
             scores = box[0]
         evaluations.append({"step": trainer.step, **scores})
-        if scores[t.best_metric] > best[t.best_metric]:
+        if scores[metric] > best[metric]:
             best.clear()
             best.update({"step": trainer.step, **scores})
             if world.is_main:
-                _save_best(decoder, out, plan.tokenizer, best)
+                _save_best(plain, out, plan.tokenizer, best)
             world.barrier()
             scores["best"] = 1.0
         return scores
@@ -359,19 +488,16 @@ def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
     steps = job.train.steps
     resume_step = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from else 0
     metrics = MetricLogger(out, steps, world.is_main, job.logging.progress_bar, job.logging.tensorboard, resume_step)
-    source = plan.task.src_seq_length + plan.task.tgt_seq_length
     with metrics:
         trainer = build_trainer(
-            job, world, model, seq2seq.LabelSmoothedLoss(plan.spec.task.label_smoothing), train_data, metrics,
-            accumulation=plan.accumulation, eval_data=dev_loss_batches, eval_metrics=dev_metrics,
-            flops=training_flops(config, source),
+            job, world, model, family.objective, train_data, metrics, accumulation=plan.accumulation,
+            eval_data=dev_loss_batches, eval_metrics=dev_metrics, flops=training_flops(config, family.seq_length),
             trainer_info={"model_signature": model_signature(config, job.parallel.tp_size), "config": job.to_dict()},
         )  # fmt: skip
         holder["trainer"] = trainer
         metrics.message(
-            f"finetune {plan.task.name}: {len(plan.train_samples)} training examples "
-            f"({train_data.per_epoch} batches of {job.train.micro_batch_size} per epoch and rank), "
-            f"{len(plan.dev_examples)} dev examples, {steps} steps, from {plan.model_folder}"
+            f"finetune {family.name}: {family.describe} ({train_data.per_epoch} batches of "
+            f"{job.train.micro_batch_size} per epoch and rank), {steps} steps, from {plan.model_folder}"
         )
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
@@ -385,14 +511,12 @@ def _train(plan: Seq2SeqPlan, job: JobConfig, world, out: Path):
 
         write_json_atomic(
             out / "results.json",
-            {
-                "task": plan.task.name, "steps": steps, "train_examples": len(plan.train_samples),
-                "dev_examples": len(plan.dev_examples), "best": best, "evaluations": evaluations,
-                "generation": dataclasses.asdict(options), "model": plan.model_folder,
-            },
+            {"task": family.name, "steps": steps, "train_examples": len(plan.train_samples),
+             "dev_examples": len(plan.dev_samples), "best_metric": metric, "best": best,
+             "evaluations": evaluations, **family.settings, "model": plan.model_folder},
         )  # fmt: skip
         if (out / "log.jsonl").is_file():
-            plot_log(out / "log.jsonl", out / "training.png", metrics=[f"eval/{t.best_metric}"])
+            plot_log(out / "log.jsonl", out / "training.png", metrics=[f"eval/{metric}"])
     return trainer
 
 
@@ -438,34 +562,47 @@ def _save_best(model, out: Path, tokenizer, best: dict) -> None:
 SHORTHANDS = {"task": "task.name", "model": "model.init_from", "data": "task.data", "output": "train.output_dir"}
 
 
+FAMILIES = {
+    # family: (job class, planner, --task help)
+    "seq2seq": (Seq2SeqJob, "plan_seq2seq", "task.name: cnn_dm, xsum, gigaword, squad_generation, custom"),
+    "superglue": (ClozeJob, "plan_superglue", "task.name: rte, cb, boolq, wic, multirc, copa, wsc, record"),
+}
+HELP = {
+    "seq2seq": "summarization, question generation, source/target pairs (docs/seq2seq.md)",
+    "superglue": "SuperGLUE as cloze questions with PET patterns (docs/finetuning.md)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    seq = families.add_parser(
-        "seq2seq", help="summarization, question generation, source/target pairs",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    seq.add_argument("--config", help="YAML job config (configs/finetune/*.yaml); omitted: the defaults")
-    seq.add_argument("--task", help="task.name: cnn_dm, xsum, gigaword, squad_generation, custom")
-    seq.add_argument("--model", help="model.init_from: the pretrained model folder (or glm-tiny-en)")
-    seq.add_argument("--data", help="task.data: the folder with the split files")
-    seq.add_argument("--output", help="train.output_dir: the run folder")
-    seq.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                     help="continue from the newest complete checkpoint of the run, or from CHECKPOINT")  # fmt: skip
-    seq.add_argument("--dry-run", action="store_true", help="check config, model, data and checkpoint, then exit")
-    seq.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    group = seq.add_argument_group("config overrides", "VALUE is read as YAML")
-    for option, help_text in override_options(Seq2SeqJob):
-        group.add_argument(option, dest=option[2:], metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
     from torchglm.config import GLMConfig
 
-    for name in dataclasses.fields(GLMConfig):  # --model.overrides.FIELD, e.g. output_dropout_prob
-        seq.add_argument(
-            f"--model.overrides.{name.name}", dest=f"model.overrides.{name.name}", default=argparse.SUPPRESS,
-            help=argparse.SUPPRESS,
+    families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name, (job_class, _, task_help) in FAMILIES.items():
+        sub = families.add_parser(
+            name, help=HELP[name], description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.add_argument("--config", help="YAML job config (configs/finetune/*.yaml); omitted: the defaults")
+        sub.add_argument("--task", help=task_help)
+        sub.add_argument("--model", help="model.init_from: the pretrained model folder (or glm-tiny-en)")
+        sub.add_argument("--data", help="task.data: the folder with the split files")
+        sub.add_argument("--output", help="train.output_dir: the run folder")
+        sub.add_argument(
+            "--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+            help="continue from the newest complete checkpoint of the run, or from CHECKPOINT",
         )  # fmt: skip
+        sub.add_argument("--dry-run", action="store_true", help="check config, model, data and checkpoint, then exit")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        group = sub.add_argument_group("config overrides", "VALUE is read as YAML")
+        for option, help_text in override_options(job_class):
+            group.add_argument(option, dest=option[2:], metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+        for field_ in dataclasses.fields(GLMConfig):  # --model.overrides.FIELD, e.g. output_dropout_prob
+            sub.add_argument(
+                f"--model.overrides.{field_.name}", dest=f"model.overrides.{field_.name}", default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )  # fmt: skip
 
 
-def spec_from_args(args: argparse.Namespace) -> Seq2SeqJob:
+def spec_from_args(args: argparse.Namespace):
     overrides = []
     for short, dotted in SHORTHANDS.items():
         if getattr(args, short, None) is not None:
@@ -475,7 +612,7 @@ def spec_from_args(args: argparse.Namespace) -> Seq2SeqJob:
             overrides += [f"--{key}", value]
     if args.resume is not None:
         overrides += ["--checkpoint.resume", args.resume]
-    return load_job_config(args.config, overrides, root=Seq2SeqJob)
+    return load_job_config(args.config, overrides, root=FAMILIES[args.family][0])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -488,16 +625,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(spec.to_yaml(), end="")
         return 0
-    plan = plan_seq2seq(spec)
+    plan = globals()[FAMILIES[args.family][1]](spec)
     if args.dry_run:
         print(
-            f"ok: {len(plan.train_samples)} training and {len(plan.dev_examples)} dev examples, "
-            f"{plan.job.train.steps} steps, {plan.accumulation} accumulation step(s), "
+            f"ok: {plan.family.describe}, {plan.job.train.steps} steps, {plan.accumulation} accumulation step(s), "
             f"resume from {plan.resume_from or 'nothing'}"
         )
         return 0
     try:
-        train_seq2seq(plan)
+        train_finetune(plan)
     except BaseException:
         close_distributed(orderly=False)
         raise
