@@ -204,3 +204,29 @@ def test_cloze_finetuning_overfits_32_training_examples(shared_dir, tmp_path, ta
                  "--seq-length", "128", "--data", str(shared_dir / "data" / "superglue"), "--output",
                  str(tmp_path / "eval"), "--no-progress"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]["accuracy"] == 100.0
+
+
+def test_the_classification_head_overfits_32_training_examples(shared_dir, tmp_path):
+    """The alternative to the cloze: GLMForSequenceClassification over [CLS] A [SEP] B [eos], through the CLI."""
+    from torchglm import GLMTokenizer
+    from torchglm.model import GLMForSequenceClassification
+    from torchglm.tasks import superglue
+
+    out = tmp_path / "rte-head"
+    args = [
+        "finetune", "superglue", "--task", "rte", "--task.head", "classifier", "--data",
+        str(shared_dir / "data" / "superglue"), "--model", str(shared_dir / "golden" / "glm-ref-fill"),
+        "--output", str(out), "--task.dev_split", "train", "--task.seq_length", "128", "--train.steps", "60",
+        "--train.eval_interval", "60", "--optim.lr", "2e-3", "--schedule.warmup_ratio", "0.05",
+        "--checkpoint.interval", "0", "--logging.progress_bar", "false", "--logging.tensorboard", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["head"] == "classifier" and results["best"]["accuracy"] == 100.0
+    model = GLMForSequenceClassification.from_pretrained(out / "best").eval()
+    tokenizer = GLMTokenizer.from_pretrained(out / "best")
+    path = superglue.task_file(shared_dir / "data" / "superglue", "rte", "train")
+    examples = superglue.read_examples("rte", path, "train")
+    again = superglue.evaluate_classifier(model, tokenizer, "rte", examples, seq_length=128)
+    assert again.metrics["accuracy"] == 100.0
+    assert main([*args[:6], "--task", "copa", *args[6:]]) == 2  # multi-choice tasks: the cloze only

@@ -766,3 +766,83 @@ class ClozeLoss:
         correct = (scores.argmax(dim=-1) == gold).float().sum().detach()
         return LossSums(total=loss, count=gold.numel(), tokens=labels.numel(),
                         parts={"accuracy": (correct, torch.tensor(float(gold.numel())))})  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The classification-head alternative: [CLS] A [SEP] B [eos], fully bidirectional, a pooled token classified
+
+CLASSIFIER_TASKS = ("rte", "cb", "boolq", "wic", "multirc")
+
+
+@dataclass
+class ClassifierInput:
+    guid: str
+    label: int
+    ids: list[int]
+
+
+def classifier_input(tokenizer, task: str, example: ClozeExample, seq_length: int) -> ClassifierInput:
+    """The original's classifier layout: ``[CLS] A [SEP] B [eos]`` cut to ``seq_length`` (from the end), with A and
+    B as its processors pair them (WiC prefixes the word, MultiRC appends " answer: " and the answer to B)."""
+    if task not in CLASSIFIER_TASKS:
+        raise InputError(f"the classification head serves {', '.join(CLASSIFIER_TASKS)}, not {task}")
+    text_a, text_b = example.text_a, example.text_b
+    if task == "wic":
+        text_a = example.meta["word"] + ": " + text_a
+    if task == "multirc":
+        text_b = " ".join([example.text_b, "answer:", example.meta["answer"]])
+    ids = [tokenizer.cls_token_id, *encode(tokenizer, text_a), tokenizer.sep_token_id, *encode(tokenizer, text_b)]
+    ids = ids[: seq_length - 1] + [tokenizer.eos_token_id]
+    label = LABELS[task].index(example.label) if example.label is not None else 0
+    return ClassifierInput(example.guid, label, ids)
+
+
+def collate_classifier(items: Sequence[ClassifierInput], pad_id: int) -> dict:
+    """Padded to the longest; ``sep`` = each sequence's length (all of it bidirectional, padding never seen)."""
+    import torch
+
+    from torchglm.layout import Sample, build_batch
+
+    batch = dict(build_batch([Sample(item.ids) for item in items], pad_id=pad_id))
+    batch.pop("block_index", None)
+    batch["cloze_label"] = torch.tensor([item.label for item in items])
+    return batch
+
+
+class ClassifierLoss:
+    """Cross-entropy of ``GLMForSequenceClassification``'s logits, summed per example."""
+
+    def count(self, batch) -> int:
+        return int(batch["cloze_label"].numel())
+
+    def __call__(self, model, batch):
+        import torch
+        import torch.nn.functional as F
+
+        from torchglm.layout import model_inputs
+        from torchglm.losses import LossSums
+
+        logits = model(**model_inputs(batch)).logits.float()
+        gold = batch["cloze_label"]
+        correct = (logits.argmax(dim=-1) == gold).float().sum().detach()
+        return LossSums(total=F.cross_entropy(logits, gold, reduction="sum"), count=gold.numel(),
+                        tokens=batch["input_ids"].numel(),
+                        parts={"accuracy": (correct, torch.tensor(float(gold.numel())))})  # fmt: skip
+
+
+def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[ClozeExample], *, seq_length: int,
+                        batch_size: int = 16) -> SuperGlueResult:  # fmt: skip
+    """A ``GLMForSequenceClassification``'s predictions and the task's official metrics."""
+    import torch
+
+    from torchglm.layout import model_inputs
+
+    items = [classifier_input(tokenizer, task, e, seq_length) for e in examples]
+    predictions: list[int] = []
+    with torch.inference_mode():
+        for first in range(0, len(items), batch_size):
+            batch = collate_classifier(items[first : first + batch_size], tokenizer.pad_token_id)
+            inputs = {k: v.to(model.device) for k, v in model_inputs(batch).items()}
+            predictions += model(**inputs).logits.argmax(dim=-1).tolist()
+    found = metrics(task, examples, predictions) if all(e.label is not None for e in examples) else {}
+    return SuperGlueResult(task, -1, len(examples), found, predictions)

@@ -165,6 +165,11 @@ class ClozeTaskConfig:
     """The dev metric that picks best/ (null: the task's first: accuracy, f1a, f1)."""
     length_penalty: float = 0.0
     """Multi-token scoring: summed answer log-probability / tokens ** this."""
+    head: Literal["cloze", "classifier"] = "cloze"
+    """cloze: fill the pattern's blank (the original's default); classifier: a new head on a pooled token over
+    ``[CLS] A [SEP] B [eos]`` (GLMForSequenceClassification; single-sequence tasks)."""
+    pool_token: Literal["cls", "start", "pad"] = "cls"
+    """The classifier's pooled token: [CLS], the token after the sequence, or its last (eos)."""
 
 
 def _cloze_train() -> TrainConfig:
@@ -258,6 +263,8 @@ class Family:
     describe: str
     settings: dict = dataclasses.field(default_factory=dict)
     """Recorded in results.json (decoding options, pattern id, ...)."""
+    model_class: Any = None
+    """The model trained (None: GLMForConditionalGeneration)."""
 
 
 @dataclasses.dataclass
@@ -399,6 +406,11 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
     dev_samples = superglue.build_inputs(tokenizer, t.name, dev_examples, pattern, length)
     first_metric = next(iter(superglue.metrics(t.name, dev_examples[:1], [0])))
     best_metric = t.best_metric or first_metric
+    if best_metric not in superglue.metrics(t.name, dev_examples[:1], [0]):
+        raise ConfigError(f"task.best_metric {best_metric!r} is not one of {t.name}'s metrics")
+    if t.head == "classifier":
+        return _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_examples, length, best_metric,
+                                world_size)  # fmt: skip
 
     def evaluate(model) -> dict[str, float]:
         result = superglue.evaluate_superglue(
@@ -407,14 +419,39 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
         )  # fmt: skip
         return dict(result.metrics)
 
-    if best_metric not in superglue.metrics(t.name, dev_examples[:1], [0]):
-        raise ConfigError(f"task.best_metric {best_metric!r} is not one of {t.name}'s metrics")
     family = Family(
         t.name, superglue.ClozeLoss(),
         lambda items: superglue.collate_cloze(items, tokenizer.eos_token_id, tokenizer.sop_token_id),
         evaluate, best_metric, length,
         f"{len(train_samples)} training and {len(dev_examples)} dev examples, pattern {pattern}",
         {"pattern_id": pattern, "seq_length": length},
+    )  # fmt: skip
+    return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
+
+
+def _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_examples, length, best_metric, world_size):
+    """The classification-head alternative: ``GLMForSequenceClassification`` with a fresh head of the task's labels
+    over ``[CLS] A [SEP] B [eos]``."""
+    from torchglm.model import GLMForSequenceClassification
+    from torchglm.tasks import superglue
+
+    t = spec.task
+    if t.name not in superglue.CLASSIFIER_TASKS:
+        raise ConfigError(f"task.head classifier serves {', '.join(superglue.CLASSIFIER_TASKS)}, not {t.name}")
+    config.num_labels, config.pool_token = len(superglue.LABELS[t.name]), t.pool_token
+    train_samples = [superglue.classifier_input(tokenizer, t.name, e, length) for e in train_examples]
+    dev_samples = [superglue.classifier_input(tokenizer, t.name, e, length) for e in dev_examples]
+
+    def evaluate(model) -> dict[str, float]:
+        result = superglue.evaluate_classifier(model, tokenizer, t.name, dev_examples, seq_length=length,
+                                               batch_size=t.eval_batch_size)  # fmt: skip
+        return dict(result.metrics)
+
+    family = Family(
+        t.name, superglue.ClassifierLoss(), lambda items: superglue.collate_classifier(items, tokenizer.pad_token_id),
+        evaluate, best_metric, length, f"{len(train_samples)} training and {len(dev_examples)} dev examples, "
+        f"classification head on {t.pool_token}", {"head": "classifier", "pool_token": t.pool_token,
+        "seq_length": length}, GLMForSequenceClassification,
     )  # fmt: skip
     return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
 
@@ -439,14 +476,15 @@ train_seq2seq = train_finetune
 
 
 def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
-    from torchglm.model import training_flops
+    from torchglm.model import GLMForConditionalGeneration, training_flops
 
     from .logging import MetricLogger, plot_log
     from .pretrain import model_signature
     from .recipe import build_model, build_trainer, export_model
 
     config, family = plan.config, plan.family
-    model = build_model(job, config, world)
+    model_class = family.model_class or GLMForConditionalGeneration
+    model = build_model(job, config, world, model_class)
     torch.manual_seed(job.train.seed + 1 + world.dp_rank)
     train_data = EpochBatches(
         plan.train_samples, job.train.micro_batch_size, family.collate, seed=job.train.seed, rank=world.dp_rank,
@@ -469,7 +507,7 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
         of the gathered weights (the decoding core calls the model's trunk directly, which a sharded model cannot
         serve) and sends the scores to the other ranks."""
         trainer = holder["trainer"]
-        plain = _plain_model(trainer, model, config, world, job.parallel.tp_size)
+        plain = _plain_model(trainer, model, config, world, job.parallel.tp_size, model_class)
         scores = family.evaluate(plain) if plain is not None else None
         if world.distributed:
             box = [scores]
@@ -503,7 +541,7 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             trainer.resume(plan.resume_from)
         trainer.train()
         if job.checkpoint.export_final:
-            export_model(trainer, config, world, out / "final", job.parallel.tp_size)
+            export_model(trainer, config, world, out / "final", job.parallel.tp_size, model_class)
             if world.is_main:
                 plan.tokenizer.save_pretrained(out / "final")
     if world.is_main:
@@ -520,7 +558,7 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     return trainer
 
 
-def _plain_model(trainer, model, config, world, tp_size: int):
+def _plain_model(trainer, model, config, world, tp_size: int, model_class=None):
     """The model to decode with: the training model itself in one process; under torchrun a plain copy of the
     gathered weights on rank 0 (None on the other ranks). Collective under torchrun."""
     if not world.distributed:
@@ -533,7 +571,7 @@ def _plain_model(trainer, model, config, world, tp_size: int):
     if tp_size > 1:
         state = tensor_parallel_layout(state, config.num_attention_heads, tp_size, inverse=True)
     with torch.device("meta"):
-        plain = GLMForConditionalGeneration(config)
+        plain = (model_class or GLMForConditionalGeneration)(config)
     plain.load_state_dict({k: v.detach().cpu() for k, v in state.items()}, assign=True)
     return plain.to(world.device).eval()
 
