@@ -230,3 +230,49 @@ def test_the_classification_head_overfits_32_training_examples(shared_dir, tmp_p
     again = superglue.evaluate_classifier(model, tokenizer, "rte", examples, seq_length=128)
     assert again.metrics["accuracy"] == 100.0
     assert main([*args[:6], "--task", "copa", *args[6:]]) == 2  # multi-choice tasks: the cloze only
+
+
+def test_lora_through_peft_trains_adapters_only_and_reloads(shared_dir, tmp_path):
+    pytest.importorskip("peft")
+    import peft
+    from safetensors.torch import load_file
+
+    from torchglm import GLMForConditionalGeneration
+
+    base_folder = shared_dir / "golden" / "glm-ref-fill"
+
+    def run(out, *extra):
+        return main([
+            "finetune", "superglue", "--task", "rte", "--task.lora_rank", "8", "--model", str(base_folder),
+            "--data", str(shared_dir / "data" / "superglue"), "--output", str(out), "--task.dev_split", "train",
+            "--task.seq_length", "128", "--train.steps", "60", "--train.eval_interval", "60", "--optim.lr", "1e-2",
+            "--schedule.warmup_ratio", "0.05", "--checkpoint.interval", "30", "--logging.progress_bar", "false",
+            "--logging.tensorboard", "false", *extra,
+        ])  # fmt: skip
+
+    out = tmp_path / "lora"
+    assert run(out) == 0
+    assert json.loads((out / "results.json").read_text())["best"]["accuracy"] == 100.0
+    merged = GLMForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    original = GLMForConditionalGeneration.from_pretrained(base_folder).state_dict()
+    changed = {k for k in merged if not torch.equal(merged[k], original[k])}
+    assert changed and all(k.split(".")[-2] in {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+                           for k in changed)  # only the adapted layers moved  # fmt: skip
+    # the adapters alone, loaded onto the base model with PEFT, give the merged model's logits
+    adapted = peft.PeftModel.from_pretrained(GLMForConditionalGeneration.from_pretrained(base_folder),
+                                             out / "final" / "adapter").eval()  # fmt: skip
+    plain = GLMForConditionalGeneration.from_pretrained(out / "final").eval()
+    ids = torch.tensor([[101, 2023, 103, 1012, 0, 30522]])
+    positions = torch.tensor([[[0, 1, 2, 3, 4, 2], [0, 0, 0, 0, 0, 1]]])
+    with torch.no_grad():
+        want = plain(ids, positions, attention_mask=torch.tensor([5])).logits
+        got = adapted(input_ids=ids, position_ids=positions, attention_mask=torch.tensor([5])).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # killed after its step-30 checkpoint and resumed: the uninterrupted run's adapters exactly
+    again = tmp_path / "again"
+    assert run(again) == 0
+    shutil.rmtree(again / "checkpoints" / "step-00000060")
+    shutil.rmtree(again / "final")
+    assert run(again, "--resume") == 0
+    first, second = (load_file(o / "final" / "adapter" / "adapter_model.safetensors") for o in (out, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -170,6 +170,13 @@ class ClozeTaskConfig:
     ``[CLS] A [SEP] B [eos]`` (GLMForSequenceClassification; single-sequence tasks)."""
     pool_token: Literal["cls", "start", "pad"] = "cls"
     """The classifier's pooled token: [CLS], the token after the sequence, or its last (eos)."""
+    lora_rank: Positive | None = None
+    """Train LoRA adapters of this rank through PEFT instead of every weight (null: full finetuning)."""
+    lora_alpha: float = 16.0
+    """LoRA's scaling numerator (the update is scaled by alpha / rank)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h",
+                                                               "dense_4h_to_h"])  # fmt: skip
+    """The linear layers that get adapters (names inside each transformer block)."""
 
 
 def _cloze_train() -> TrainConfig:
@@ -265,6 +272,8 @@ class Family:
     """Recorded in results.json (decoding options, pattern id, ...)."""
     model_class: Any = None
     """The model trained (None: GLMForConditionalGeneration)."""
+    lora: Any = None
+    """A ``peft.LoraConfig``: train adapters only (one process)."""
 
 
 @dataclasses.dataclass
@@ -319,6 +328,8 @@ def _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_sam
     steps = spec.train.steps
     if spec.task.epochs is not None:
         steps = max(1, round(spec.task.epochs * (len(train_samples) // batch)))
+    if family.lora is not None and world_size > 1:
+        raise ConfigError("task.lora_rank: LoRA runs in one process here (FSDP2 over a PEFT model is not wired yet)")
     job = spec.as_job(steps)
     every = getattr(spec.task, "eval_epochs", None)
     if every is not None:
@@ -426,7 +437,20 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
         f"{len(train_samples)} training and {len(dev_examples)} dev examples, pattern {pattern}",
         {"pattern_id": pattern, "seq_length": length},
     )  # fmt: skip
+    family.lora = _lora_config(t)
     return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
+
+
+def _lora_config(t):
+    """``task.lora_rank`` as a ``peft.LoraConfig`` (None without it)."""
+    if t.lora_rank is None:
+        return None
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("task.lora_rank needs PEFT: pip install 'torchglm[peft]'") from None
+    return peft.LoraConfig(r=t.lora_rank, lora_alpha=t.lora_alpha, target_modules=list(t.lora_targets),
+                           lora_dropout=0.0)  # fmt: skip
 
 
 def _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_examples, length, best_metric, world_size):
@@ -453,6 +477,10 @@ def _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_exampl
         f"classification head on {t.pool_token}", {"head": "classifier", "pool_token": t.pool_token,
         "seq_length": length}, GLMForSequenceClassification,
     )  # fmt: skip
+    family.lora = _lora_config(t)
+    if family.lora is not None:
+        family.lora.modules_to_save = ["dense", "out_proj"]  # the new head trains whole
+        family.lora.target_modules = [m for m in t.lora_targets]
     return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
 
 
@@ -485,6 +513,10 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     config, family = plan.config, plan.family
     model_class = family.model_class or GLMForConditionalGeneration
     model = build_model(job, config, world, model_class)
+    if family.lora is not None:
+        import peft
+
+        model = peft.get_peft_model(model, family.lora)
     torch.manual_seed(job.train.seed + 1 + world.dp_rank)
     train_data = EpochBatches(
         plan.train_samples, job.train.micro_batch_size, family.collate, seed=job.train.seed, rank=world.dp_rank,
@@ -541,7 +573,10 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             trainer.resume(plan.resume_from)
         trainer.train()
         if job.checkpoint.export_final:
-            export_model(trainer, config, world, out / "final", job.parallel.tp_size, model_class)
+            if family.lora is not None:  # one process: the adapters, and the merged model beside them
+                _save_lora(model, out / "final")
+            else:
+                export_model(trainer, config, world, out / "final", job.parallel.tp_size, model_class)
             if world.is_main:
                 plan.tokenizer.save_pretrained(out / "final")
     if world.is_main:
@@ -576,12 +611,24 @@ def _plain_model(trainer, model, config, world, tp_size: int, model_class=None):
     return plain.to(world.device).eval()
 
 
+def _save_lora(model, folder: Path) -> None:
+    """A PEFT model as a ``from_pretrained`` folder of the merged weights, with the adapters in ``adapter/``
+    (``peft.PeftModel.from_pretrained(base, folder / "adapter")`` reloads them onto the base model)."""
+    import copy
+
+    model.save_pretrained(folder / "adapter")
+    copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
+
+
 def _save_best(model, out: Path, tokenizer, best: dict) -> None:
     """best/ replaced whole: written beside it, then renamed over it."""
     staging = out / "best.tmp"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(staging)
+    if hasattr(model, "merge_and_unload"):  # LoRA: merged weights and the adapters
+        _save_lora(model, staging)
+    else:
+        model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
     old = out / "best.old"
