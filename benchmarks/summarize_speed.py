@@ -3,7 +3,7 @@ without a cache and against transformers' ``generate`` with beam search on a GPT
 
 One run builds a GLM and a ``GPT2LMHeadModel`` of the same layers, width, heads, vocabulary and positions (same
 dtype and threads; ``generate_speed.build_models``) and decodes ``--docs`` XSum-length sources (``--source``
-tokens, XSum's ``src_seq_length`` 464 by default) with 6 beams for exactly ``--new`` tokens each (the minimum
+tokens, XSum's ``src_seq_length`` 608 by default) with 6 beams for exactly ``--new`` tokens each (the minimum
 length equals the maximum, on both sides, so every run makes the same number of tokens). GLM reads
 ``[CLS] [sMASK] Content: source`` as part A and decodes its blank; GPT-2 continues the same ids with its own
 ``generate(num_beams=6)`` (SDPA, its default cache), as its users run it. Timings alternate between the
@@ -80,7 +80,7 @@ def main():
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--docs", type=int, default=2)
-    parser.add_argument("--source", type=int, default=464, help="source tokens (XSum's src_seq_length: 464)")
+    parser.add_argument("--source", type=int, default=608, help="source tokens (XSum's src_seq_length: 608)")
     parser.add_argument("--new", type=int, default=32, help="tokens decoded per summary")
     parser.add_argument("--beams", type=int, default=6, help="XSum's 6")
     parser.add_argument("--repeats", type=int, default=3)
