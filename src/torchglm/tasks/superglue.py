@@ -227,10 +227,8 @@ def _read_record(path, records, split, seed: int = 42, max_train_candidates: int
         idx = record.get("idx")
         passage = _field(path, number, record, "passage")
         text = _text(path, number, record, "passage", "text")
-        entities = sorted(
-            {standardize_punctuation(text_raw[e["start"] : e["end"] + 1])
-             for text_raw in [_field(path, number, passage, "text")] for e in _field(path, number, passage, "entities")}
-        )  # fmt: skip
+        spans = _field(path, number, passage, "entities")  # inclusive character offsets into the passage
+        entities = sorted({text[e["start"] : e["end"] + 1] for e in spans})  # one-for-one replacements keep offsets
         text = text.replace("@highlight\n", "- ")  # as the GPT-3 paper writes ReCoRD's highlights
         for question in _field(path, number, record, "qas"):
             query = standardize_punctuation(_field(path, number, question, "query"))
