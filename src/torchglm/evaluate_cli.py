@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "superglue", help="SuperGLUE as cloze questions (PET patterns); writes the submission file",
         parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    superglue.add_argument("--task", dest="superglue_task", required=True,
-                           choices=["rte", "cb", "boolq", "wic", "multirc", "copa", "wsc", "record"])  # fmt: skip
+    from torchglm.tasks.superglue import TASKS as SUPERGLUE_TASKS
+
+    superglue.add_argument("--task", dest="superglue_task", required=True, choices=list(SUPERGLUE_TASKS))
     superglue.add_argument("--data", default="../shared/data/superglue",
                            help="the SuperGLUE folder (RTE/val.jsonl, ...) or the task's own folder")  # fmt: skip
     superglue.add_argument("--split", default="val", help="val (default), train, test or dev32")
@@ -177,12 +178,13 @@ def _count(result, units: str) -> int:
 class _progress:
     """A tqdm bar (rate and ETA) on stderr, as a ``progress(n)`` callback; nothing with --no-progress."""
 
-    def __init__(self, args, total: int, unit: str):
+    def __init__(self, args, total: int, unit: str, label: str | None = None):
         self.bar = None
         if not args.no_progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit=unit.rstrip("s"), desc=args.task, file=sys.stderr, dynamic_ncols=True)
+            desc = label or args.task
+            self.bar = tqdm(total=total, unit=unit.rstrip("s"), desc=desc, file=sys.stderr, dynamic_ncols=True)
 
     def __enter__(self):
         return self.bar.update if self.bar is not None else None
@@ -278,8 +280,7 @@ def run_superglue(args: argparse.Namespace) -> int:
     _setup_logging(output / "evaluate.json" if output else None)
     log.info("torchglm evaluate superglue %s: model %s, %s (%d examples)", task, args.model, path, len(examples))
     started = time.perf_counter()
-    args.task = task
-    with _progress(args, len(examples), "examples") as progress:
+    with _progress(args, len(examples), "examples", task) as progress:
         result = superglue.evaluate_superglue(
             model, tokenizer, task, examples, pattern_id=args.pattern_id, seq_length=args.seq_length,
             length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
@@ -287,12 +288,12 @@ def run_superglue(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     log.info("%s  [%.1f s]", result.summary(), elapsed)
     if output is not None:
-        from torchglm.seq2seq_cli import write_text_atomic
+        from torchglm.data.shards import atomic_write_bytes
 
         output.mkdir(parents=True, exist_ok=True)
         rows = superglue.submission_rows(task, examples, result.predictions)
         name = superglue.TASK_FOLDERS[task] + ".jsonl"
-        write_text_atomic(output / name, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_bytes(output / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
         record = result.to_dict() | {"model": str(args.model), "data": str(path), "data_sha256": _sha256(path),
                                      "seconds": round(elapsed, 3)}  # fmt: skip
         write_json_atomic(output / "results.json", record)

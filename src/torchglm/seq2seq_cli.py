@@ -117,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     log.info("torchglm evaluate seq2seq %s: model %s, data %s (%d examples)", task.name, args.model, args.data,
              len(examples))  # fmt: skip
     started = time.perf_counter()
-    with _progress(_Labelled(args, task.name), len(examples), "documents") as progress:
+    with _progress(args, len(examples), "documents", task.name) as progress:
         result = seq2seq.evaluate_seq2seq(
             model, tokenizer, examples, task, options, batch_size=args.batch_size,
             remove_duplicates=args.remove_duplicates, progress=progress,
@@ -134,13 +134,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         write_outputs(output, task.name, examples, result, record)
         log.info("results: %s", output / "results.json")
     return 0
-
-
-class _Labelled:
-    """The progress bar's arguments with the task's name as its label."""
-
-    def __init__(self, args, label: str):
-        self.no_progress, self.task = args.no_progress, label
 
 
 def _data_file(data: str, split: str) -> Path:
@@ -169,17 +162,9 @@ def write_outputs(folder: Path, name: str, examples, result, record: dict) -> No
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
+    from torchglm.data.shards import atomic_write_bytes
 
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     task, options = task_and_options(args, model)
     examples = seq2seq.read_split(args.file, task, need_target=False)[: args.limit]
     inputs = [seq2seq.source_input(tokenizer, e, task) for e in examples]
-    with _progress(_Labelled(args, "summarize"), len(inputs), "documents") as progress:
+    with _progress(args, len(inputs), "documents", "summarize") as progress:
         generated = seq2seq.generate(model, tokenizer, inputs, options, batch_size=args.batch_size, progress=progress)
     text = "".join(g.text.replace("\n", " ") + "\n" for g in generated)
     if args.output:

@@ -466,9 +466,10 @@ def cloze_input(tokenizer, task: str, example: ClozeExample, pattern_id: int | N
             verbalizers.append(ids[0])
         return ClozeInput(example.guid, label, part_a, mask_position, verbalizers)
     out = ClozeInput(example.guid, label, None, None, choice_part_a=[], choice_mask_positions=[], choice_ids=[])
+    encoded_a, encoded_b = _encode_parts(tokenizer, raw_a, mask_id), _encode_parts(tokenizer, raw_b, mask_id)
     for text in answers(task, example):
         answer = [*encode(tokenizer, text), tokenizer.eop_token_id]
-        parts_a, parts_b = _encode_parts(tokenizer, raw_a, mask_id), _encode_parts(tokenizer, raw_b, mask_id)
+        parts_a, parts_b = list(encoded_a), list(encoded_b)  # each choice truncates its own copy (the lists only)
         _truncate(parts_a, parts_b, seq_length - 2 - len(answer))  # [CLS], eos
         part_a, mask_position = _part_a(tokenizer, parts_a, parts_b, seq_length, mask_id)
         out.choice_part_a.append(part_a)

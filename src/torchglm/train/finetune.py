@@ -30,7 +30,7 @@ from pydantic.dataclasses import dataclass
 
 from torchglm.errors import InputError
 
-from .checkpoint import RunLock, check_compatible, find_latest, resolve_resume
+from .checkpoint import RunLock
 from .config import (
     _STRICT,
     CheckpointConfig,
@@ -318,7 +318,7 @@ def _load_pretrained(spec):
 def _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size) -> FinetunePlan:
     """Steps from epochs, batch sizes against the world, resume compatibility and a writable run folder."""
     from .parallel import world_size_from_env
-    from .pretrain import _check_same_run, _check_writable, model_signature
+    from .pretrain import check_run_folder
 
     world_size = world_size_from_env() if world_size is None else world_size
     batch = spec.train.global_batch_size
@@ -335,17 +335,7 @@ def _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_sam
     if every is not None:
         job.train.eval_interval = max(1, round(every * (len(train_samples) // batch)))
     _, accumulation = check_world(job, world_size)
-    checkpoints = Path(job.train.output_dir) / "checkpoints"
-    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
-    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
-        raise ConfigError(
-            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
-            "another train.output_dir"
-        )
-    if resume_from is not None:
-        saved = check_compatible(resume_from, model_signature(config, job.parallel.tp_size))
-        _check_same_run(resume_from, saved.get("config", {}), job)
-    _check_writable(Path(job.train.output_dir))
+    resume_from = check_run_folder(job, config)
     job.model.init_from = folder
     return FinetunePlan(spec, job, folder, config, tokenizer, family, train_samples, dev_samples, accumulation,
                         resume_from)  # fmt: skip
@@ -415,9 +405,9 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
     train_examples, dev_examples = train_examples[: t.train_examples], dev_examples[: t.eval_examples]
     train_samples = superglue.build_inputs(tokenizer, t.name, train_examples, pattern, length)
     dev_samples = superglue.build_inputs(tokenizer, t.name, dev_examples, pattern, length)
-    first_metric = next(iter(superglue.metrics(t.name, dev_examples[:1], [0])))
-    best_metric = t.best_metric or first_metric
-    if best_metric not in superglue.metrics(t.name, dev_examples[:1], [0]):
+    metric_names = list(superglue.metrics(t.name, dev_examples[:1], [0]))
+    best_metric = t.best_metric or metric_names[0]
+    if best_metric not in metric_names:
         raise ConfigError(f"task.best_metric {best_metric!r} is not one of {t.name}'s metrics")
     if t.head == "classifier":
         return _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_examples, length, best_metric,
@@ -498,9 +488,6 @@ def train_finetune(plan: FinetunePlan):
             (out / "config.yaml").write_text(plan.spec.to_yaml(), encoding="utf-8")
         world.barrier()
         return _train(plan, job, world, out)
-
-
-train_seq2seq = train_finetune
 
 
 def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
@@ -649,8 +636,8 @@ SHORTHANDS = {"task": "task.name", "model": "model.init_from", "data": "task.dat
 
 FAMILIES = {
     # family: (job class, planner, --task help)
-    "seq2seq": (Seq2SeqJob, "plan_seq2seq", "task.name: cnn_dm, xsum, gigaword, squad_generation, custom"),
-    "superglue": (ClozeJob, "plan_superglue", "task.name: rte, cb, boolq, wic, multirc, copa, wsc, record"),
+    "seq2seq": (Seq2SeqJob, plan_seq2seq, "task.name: cnn_dm, xsum, gigaword, squad_generation, custom"),
+    "superglue": (ClozeJob, plan_superglue, "task.name: rte, cb, boolq, wic, multirc, copa, wsc, record"),
 }
 HELP = {
     "seq2seq": "summarization, question generation, source/target pairs (docs/seq2seq.md)",
@@ -710,7 +697,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(spec.to_yaml(), end="")
         return 0
-    plan = globals()[FAMILIES[args.family][1]](spec)
+    plan = FAMILIES[args.family][1](spec)
     if args.dry_run:
         print(
             f"ok: {plan.family.describe}, {plan.job.train.steps} steps, {plan.accumulation} accumulation step(s), "

@@ -166,21 +166,7 @@ def plan_run(job: JobConfig, world_size: int | None = None) -> Plan:
         require_deepspeed()
     if job.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no GPU is available")
-    checkpoints = Path(job.train.output_dir) / "checkpoints"
-    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
-    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
-        raise ConfigError(
-            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
-            "another train.output_dir"
-        )
-    if resume_from is not None:
-        saved = check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
-        _check_same_run(resume_from, saved.get("config", {}), job)
-        if job.parallel.engine == "deepspeed":
-            from .deepspeed import TAG, check_pickles
-
-            check_pickles(resume_from / TAG, job.checkpoint.trust_pickled_classes)
-    _check_writable(Path(job.train.output_dir))
+    resume_from = check_run_folder(job, model_config)
     if job.model.init_from:
         from torchglm.checkpoint import check_checkpoint_folder
 
@@ -227,6 +213,28 @@ def build_streams(plan: Plan, world: World):
             return (eval_stream.batch(step) for step in range(job.train.eval_batches))
 
     return train_data, eval_data
+
+
+def check_run_folder(job: JobConfig, model_config: GLMConfig) -> Path | None:
+    """The checkpoint to resume (None: a fresh start), checked for everything the run needs before any write:
+    no earlier checkpoints without ``--resume``, the same model, seed and batch sizes, DeepSpeed files that
+    unpickle nothing unknown, a writable run folder. Shared by pretraining and the finetuning recipes."""
+    checkpoints = Path(job.train.output_dir) / "checkpoints"
+    resume_from = resolve_resume(job.checkpoint.resume, checkpoints)
+    if job.checkpoint.resume is None and find_latest(checkpoints) is not None:
+        raise ConfigError(
+            f"{checkpoints} already holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another train.output_dir"
+        )
+    if resume_from is not None:
+        saved = check_compatible(resume_from, model_signature(model_config, job.parallel.tp_size))
+        _check_same_run(resume_from, saved.get("config", {}), job)
+        if job.parallel.engine == "deepspeed":
+            from .deepspeed import TAG, check_pickles
+
+            check_pickles(resume_from / TAG, job.checkpoint.trust_pickled_classes)
+    _check_writable(Path(job.train.output_dir))
+    return resume_from
 
 
 def _check_same_run(path: Path, saved: dict, job: JobConfig) -> None:
