@@ -1,20 +1,25 @@
 """Checkpoint files: what a model folder must hold, and reading the released formats.
 
 A released GLM folder holds ``config.json`` and ``pytorch_model.bin`` (a bare state dict, keys with or
-without the ``glm.`` prefix, fp16 or fp32); torchglm saves ``model.safetensors``. Loading itself goes through
-``transformers`` (``GLMPreTrainedModel.from_pretrained``); this module checks folders before that.
+without the ``glm.`` prefix, fp16 or fp32); torchglm saves ``model.safetensors``, or shards of it
+(``model-0000x-of-0000n.safetensors`` + ``model.safetensors.index.json``, transformers' layout). Loading goes
+through ``transformers`` (``GLMPreTrainedModel.from_pretrained``); this module checks folders before that and
+reads their weights leanly (:func:`lean_state_dict`), so that a dtype conversion never holds two copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from torchglm.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -40,6 +45,116 @@ def check_checkpoint_folder(path: str | os.PathLike) -> None:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             check_weight_file(folder / name)
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / name).is_file():
+            for shard in sorted(set(read_shard_index(folder / name).values())):
+                check_weight_file(folder / shard)
+
+
+def read_shard_index(path: Path) -> dict[str, str]:
+    """An index file's ``weight_map`` (tensor name -> shard file name), every shard checked to exist."""
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a shard index (a JSON object with a 'weight_map'): {error}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{path}: 'weight_map' must map tensor names to shard file names")
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard:
+            raise InputError(f"{path}: shard {shard!r} is not a file name in the same folder")
+        if not (path.parent / shard).is_file():
+            tensors = sorted(k for k, v in weight_map.items() if v == shard)
+            raise InputError(
+                f"{path} names shard {shard}, which is missing from {path.parent} "
+                f"({len(tensors)} tensors, e.g. {tensors[0]})"
+            )
+    return weight_map
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The files a folder's weights are read from, in transformers' order of preference (safetensors first)."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / index).is_file():
+            return [folder / name for name in sorted(set(read_shard_index(folder / index).values()))]
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
+class LeanWeights(dict):
+    """A folder's tensors (safetensors as lazy slices), with the file each came from, for error messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.source: dict[str, Path] = {}
+        self._handles: list = []
+
+    def close(self) -> None:
+        self.clear()
+        for handle in self._handles:
+            handle.__exit__(None, None, None)
+        self._handles.clear()
+
+
+def lean_state_dict(folder: Path, dtype: torch.dtype | None) -> LeanWeights:
+    """Weights to hand ``transformers`` as ``state_dict``, read so that peak memory stays near one copy.
+
+    transformers memory-maps safetensors and ``torch.load(mmap=True)``s ``.bin`` files: every page it reads to
+    convert a dtype stays resident while the file is mapped, so fp16 -> bf16 peaks at 2x the weights (fp16 ->
+    fp32 at 1.5x). Here safetensors are opened with safetensors' ``pread`` backend (each tensor read on its
+    own, freed once transformers has converted it), and a ``.bin`` is loaded into ordinary memory and converted
+    tensor by tensor in place, each source tensor freed as its copy is made.
+    """
+    from safetensors import safe_open
+
+    weights = LeanWeights()
+    for path in weight_files(folder):
+        if path.suffix == ".safetensors":
+            handle = safe_open(path, framework="pt", device="cpu", backend="pread")
+            weights._handles.append(handle)
+            for name in handle.keys():
+                weights[name] = handle.get_slice(name)
+                weights.source[name] = path
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            for name in list(state):
+                tensor = state.pop(name)
+                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
+                weights[name] = tensor
+                weights.source[name] = path
+            del state
+    return weights
+
+
+POSITION_TABLES = ("transformer.position_embeddings.weight", "transformer.block_position_embeddings.weight")
+
+
+def grow_position_tables(weights: dict, rows: int, std: float, dtype: torch.dtype | None) -> list[str]:
+    """Lengthen the position tables in ``weights`` to ``rows`` (``max_sequence_length + 1``), as the original's
+    loader does when ``--max-position-embeddings`` is raised: the trained rows are kept and the new ones drawn as
+    a fresh model's (N(0, ``std``)). Returns one line per table grown; a table longer than ``rows`` is an error."""
+    grown = []
+    for name in list(weights):
+        if not name.endswith(POSITION_TABLES):
+            continue
+        old = weights[name] if isinstance(weights[name], torch.Tensor) else weights[name][:]
+        if old.shape[0] > rows:
+            raise InputError(
+                f"{name} has {old.shape[0]} rows in {getattr(weights, 'source', {}).get(name, 'the checkpoint')}, "
+                f"more than max_sequence_length + 1 = {rows}: positions cannot shrink"
+            )
+        if old.shape[0] == rows:
+            continue
+        new = torch.empty(rows, old.shape[1], dtype=dtype or old.dtype)
+        torch.nn.init.normal_(new, mean=0.0, std=std)
+        new[: old.shape[0]] = old
+        weights[name] = new
+        grown.append(f"{name}: {old.shape[0]} -> {rows} rows (old rows kept, new ones N(0, {std}))")
+    return grown
 
 
 def check_weight_file(path: Path) -> None:

@@ -56,11 +56,14 @@ def convert(
     config_file: str | None = None,
     dtype: str | None = None,
     model_parallel: int = 1,
+    max_shard_size: str | int | None = None,
 ) -> Path:
     """Read ``source`` (original model-parallel checkpoint, released or torchglm folder), write ``output``.
 
     The output is written into a temporary folder beside it and renamed into place, so an interrupted conversion
-    never leaves a half-written model folder.
+    never leaves a half-written model folder. A released or torchglm folder is read leanly (the dtype cast
+    happens tensor by tensor as it loads, see ``GLMPreTrainedModel.from_pretrained``); ``max_shard_size``
+    (``"2GB"``, bytes) splits the output into transformers' sharded safetensors layout.
     """
     source, output = Path(source), Path(output)
     if (source / "latest_checkpointed_iteration.txt").is_file():
@@ -68,9 +71,9 @@ def convert(
         model = GLMForConditionalGeneration(config_for_state_dict(state, preset, config_file))
         model.glm.load_state_dict(state, strict=True)
     else:
-        model = GLMForConditionalGeneration.from_pretrained(source)
+        model = GLMForConditionalGeneration.from_pretrained(source, dtype=DTYPES[dtype] if dtype else "auto")
     if dtype:
-        model = model.to(DTYPES[dtype])
+        model = model.to(DTYPES[dtype])  # a no-op for folders; original training checkpoints load as stored
     if output.exists():
         raise FileExistsError(f"{output} exists; choose a new output folder")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,7 @@ def convert(
         if model_parallel > 1:
             write_model_parallel(model, staging, model_parallel)
         else:
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
             _add_tokenizer(source, staging)
         umask = os.umask(0)
         os.umask(umask)
@@ -125,13 +128,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-parallel", type=int, default=1, help="write the original N-way model-parallel layout instead"
     )
+    parser.add_argument(
+        "--max-shard-size", help="split the safetensors output into shards of at most this size (e.g. 2GB)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from torchglm.errors import InputError
 
     try:
-        output = convert(args.source, args.output, args.preset, args.config_file, args.dtype, args.model_parallel)
+        output = convert(
+            args.source,
+            args.output,
+            args.preset,
+            args.config_file,
+            args.dtype,
+            args.model_parallel,
+            args.max_shard_size,
+        )
     except (OSError, ValueError) as error:  # the user's paths, a preset that does not fit: one line, exit 2
         raise InputError(str(error)) from None
     print(f"wrote {output}")

@@ -11,9 +11,11 @@ Parameter names are those of the released checkpoints, so they load without rena
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from torchglm.config import GLMConfig
 from torchglm.layout import Block, GLMBatch, Sample, block_targets, build_batch, model_inputs
 from torchglm.ops import Dropout, Linear, attention, linear
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
@@ -238,29 +242,127 @@ class GLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a released GLM folder (``config.json`` + ``pytorch_model.bin``) or a torchglm safetensors folder.
+        """Load a released GLM folder (``config.json`` + ``pytorch_model.bin``) or a torchglm safetensors folder
+        (one file or shards).
 
         Unlike plain transformers, a missing or unexpected weight is an error listing the keys, except the
-        parameters of a freshly added head (``_new_head_keys``), which are initialised and reported.
+        parameters of a freshly added head (``_new_head_keys``), which are initialised and reported. Local folders
+        load leanly (:func:`torchglm.checkpoint.lean_state_dict`): with a ``dtype`` conversion, peak memory stays
+        near one copy of the weights in that dtype. Extra keywords:
+
+        - ``device``: shorthand for ``device_map=device`` (the whole model on one device).
+        - ``max_sequence_length`` above the checkpoint's grows the position tables (old rows kept; logged).
+        - ``quantization``: ``"int8"`` or ``"int4"`` weight-only quantization through torchao, after loading
+          (:func:`torchglm.quantization.quantize`).
         """
         from torchglm.builtin import is_builtin, resolve
         from torchglm.checkpoint import check_checkpoint_folder
 
         if is_builtin(pretrained_model_name_or_path):  # shipped in bf16 to stay small; computed in fp32
             kwargs.setdefault("dtype", torch.float32)
+        if "torch_dtype" in kwargs:  # the name transformers 4 used
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        if "device" in kwargs:
+            kwargs.setdefault("device_map", kwargs.pop("device"))
+        quantization = kwargs.pop("quantization", None)
         pretrained_model_name_or_path = resolve(pretrained_model_name_or_path)
         check_checkpoint_folder(pretrained_model_name_or_path)
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        folder = Path(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if folder is not None and folder.is_dir() and not args and not _NOT_LEAN.intersection(kwargs):
+            model, info = cls._from_folder_lean(folder, kwargs)
+        else:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         missing = sorted(k for k in info["missing_keys"] if not k.startswith(cls._new_head_keys or ("\0",)))
         unexpected = sorted(info["unexpected_keys"])
         mismatched = sorted(str(m) for m in info.get("mismatched_keys", []))
-        if missing or unexpected or mismatched:
+        if mismatched:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path}: its weights do not fit its config.json: mismatched "
+                f"shapes {mismatched}"
+            )
+        if missing or unexpected:
             raise ValueError(
                 f"checkpoint {pretrained_model_name_or_path} does not fit {cls.__name__}: "
-                f"missing keys {missing}, unexpected keys {unexpected}, mismatched shapes {mismatched}"
+                f"missing keys {missing}, unexpected keys {unexpected}"
             )
+        if quantization:
+            from torchglm.quantization import quantize
+
+            quantize(model, quantization)
         return (model, info) if wants_info else model
+
+    @classmethod
+    def _from_folder_lean(cls, folder: Path, kwargs: dict):
+        """transformers' loader fed with :func:`~torchglm.checkpoint.lean_state_dict` instead of its own mapped
+        files; config keywords (``max_sequence_length=...``) split off as transformers does."""
+        from transformers import GenerationConfig
+
+        from torchglm.checkpoint import grow_position_tables, lean_state_dict
+
+        config = kwargs.pop("config", None)
+        stored = GLMConfig.from_pretrained(folder)
+        if config is None:
+            config_keys = set(stored.to_dict()) - {"dtype"}
+            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_keys}
+            config = GLMConfig.from_pretrained(folder, **overrides)
+        config.name_or_path = str(folder)
+        dtype = kwargs.get("dtype")
+        if isinstance(dtype, str):
+            dtype = None if dtype == "auto" else getattr(torch, dtype)
+        weights = lean_state_dict(folder, dtype)
+        try:
+            if config.max_sequence_length != stored.max_sequence_length:  # raised on purpose (a keyword)
+                for line in grow_position_tables(
+                    weights, config.max_sequence_length + 1, config.initializer_range, dtype
+                ):
+                    logger.warning(
+                        "max_sequence_length %d > %d of %s: grew %s",
+                        config.max_sequence_length,
+                        stored.max_sequence_length,
+                        folder,
+                        line,
+                    )
+            kwargs.setdefault("ignore_mismatched_sizes", True)  # reported below, with the file, as a ValueError
+            model, info = super().from_pretrained(
+                None, config=config, state_dict=weights, output_loading_info=True, **kwargs
+            )
+            info["mismatched_keys"] = [_with_source(m, weights.source) for m in info.get("mismatched_keys", [])]
+        finally:
+            weights.close()
+        model.config.name_or_path = str(folder)  # transformers set it to the None it was given
+        if (folder / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return model, info
+
+
+# Keywords that leave loading to transformers unchanged: they ask for machinery the lean path does not cover.
+_NOT_LEAN = frozenset(
+    {
+        "state_dict",
+        "quantization_config",
+        "tp_plan",
+        "tp_size",
+        "device_mesh",
+        "gguf_file",
+        "subfolder",
+        "from_tf",
+        "from_flax",
+        "key_mapping",
+        "offload_folder",
+        "offload_state_dict",
+        "max_memory",
+    }
+)
+
+
+def _with_source(mismatch, source: dict) -> str:
+    """A mismatched-shape entry with the file its tensor came from."""
+    text = str(mismatch)
+    found = [name for name in source if name in text]
+    return f"{text} (in {source[max(found, key=len)].name})" if found else text
 
 
 class GLMModel(GLMPreTrainedModel):
