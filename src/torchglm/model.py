@@ -252,8 +252,6 @@ class GLMPreTrainedModel(PreTrainedModel):
 
         - ``device``: shorthand for ``device_map=device`` (the whole model on one device).
         - ``max_sequence_length`` above the checkpoint's grows the position tables (old rows kept; logged).
-        - ``quantization``: ``"int8"`` or ``"int4"`` weight-only quantization through torchao, after loading
-          (:func:`torchglm.quantization.quantize`).
         """
         from torchglm.builtin import is_builtin, resolve
         from torchglm.checkpoint import check_checkpoint_folder
@@ -264,7 +262,6 @@ class GLMPreTrainedModel(PreTrainedModel):
             kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         if "device" in kwargs:
             kwargs.setdefault("device_map", kwargs.pop("device"))
-        quantization = kwargs.pop("quantization", None)
         pretrained_model_name_or_path = resolve(pretrained_model_name_or_path)
         check_checkpoint_folder(pretrained_model_name_or_path)
         wants_info = kwargs.pop("output_loading_info", False)
@@ -288,10 +285,6 @@ class GLMPreTrainedModel(PreTrainedModel):
                 f"checkpoint {pretrained_model_name_or_path} does not fit {cls.__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
-        if quantization:
-            from torchglm.quantization import quantize
-
-            quantize(model, quantization)
         return (model, info) if wants_info else model
 
     @classmethod
