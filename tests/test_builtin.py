@@ -62,3 +62,14 @@ def test_it_models_wikitext_far_better_than_untrained_weights(builtin, shared_di
     random = evaluate_perplexity(untrained, tokenizer, text, seq_length=256, overlap=128)
     assert random.ppl > 0.5 * model.config.vocab_size  # an untrained model is close to uniform
     assert trained.ppl < random.ppl / 10
+
+
+def test_the_cli_prints_the_models_size_and_load_time(builtin, capsys):
+    from torchglm.cli import main
+
+    assert main(["fill", "The sea is [MASK]."]) == 0
+    model, _ = builtin
+    parameters = sum(p.numel() for p in model.parameters())
+    on_disk = (BUILTIN_MODELS[DEFAULT_MODEL] / "model.safetensors").stat().st_size
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("model glm-tiny-en:"))
+    assert f"{parameters / 1e6:.2f}M parameters, {on_disk / 1e6:.1f} MB on disk, loaded in " in line

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
                 f"{option} {folder}: no such model folder (torchglm loads local folders: config.json, weights "
                 "and tokenizer files)"
             )
+    start = time.perf_counter()
     try:
         model = GLMForConditionalGeneration.from_pretrained(model_folder, dtype=getattr(torch, dtype))
         tokenizer = GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
@@ -132,7 +134,24 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
             f"--model {model_folder}: its weights do not fit its config.json (tensor shapes differ: see the report "
             "above, one line per tensor)"
         ) from None
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    print(describe_loaded(model_folder, model, time.perf_counter() - start), file=sys.stderr)
+    return model, tokenizer
+
+
+def describe_loaded(name: str, model, seconds: float) -> str:
+    """One line for the terminal: which model, how big (parameters, weight files on disk), how long it took."""
+    from torchglm.builtin import resolve
+
+    folder = Path(resolve(name))
+    on_disk = (
+        sum(p.stat().st_size for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
+        if folder.is_dir()
+        else 0
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    size = f", {on_disk / 1e6:.1f} MB on disk" if on_disk else ""
+    return f"model {name}: {parameters / 1e6:.2f}M parameters{size}, loaded in {seconds:.2f} s"
 
 
 def is_hub_id(name: str) -> bool:
