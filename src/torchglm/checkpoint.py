@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from pathlib import Path
 
 import torch
 
 from torchglm.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -133,7 +130,7 @@ def lean_state_dict(folder: Path, dtype: torch.dtype | None) -> LeanWeights:
 POSITION_TABLES = ("transformer.position_embeddings.weight", "transformer.block_position_embeddings.weight")
 
 
-def grow_position_tables(weights: dict, rows: int, std: float, dtype: torch.dtype | None) -> list[str]:
+def grow_position_tables(weights: LeanWeights, rows: int, std: float, dtype: torch.dtype | None) -> list[str]:
     """Lengthen the position tables in ``weights`` to ``rows`` (``max_sequence_length + 1``), as the original's
     loader does when ``--max-position-embeddings`` is raised: the trained rows are kept and the new ones drawn as
     a fresh model's (N(0, ``std``)). Returns one line per table grown; a table longer than ``rows`` is an error."""
@@ -144,7 +141,7 @@ def grow_position_tables(weights: dict, rows: int, std: float, dtype: torch.dtyp
         old = weights[name] if isinstance(weights[name], torch.Tensor) else weights[name][:]
         if old.shape[0] > rows:
             raise InputError(
-                f"{name} has {old.shape[0]} rows in {getattr(weights, 'source', {}).get(name, 'the checkpoint')}, "
+                f"{name} has {old.shape[0]} rows in {weights.source.get(name, 'the checkpoint')}, "
                 f"more than max_sequence_length + 1 = {rows}: positions cannot shrink"
             )
         if old.shape[0] == rows:
