@@ -78,11 +78,14 @@ def median_times(functions: dict, repeats: int) -> dict[str, float]:
     """Median wall time of each function, run in turn so that load changes hit all of them alike."""
     for fn in functions.values():
         fn()  # warm-up
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -98,10 +101,10 @@ def no_cache_step_time(glm, contexts: torch.Tensor, new: int, samples: int, repe
     for length in lengths:
         tail = torch.randint(1000, VOCAB - 600, (batch, length - context), generator=gen)
         tail[:, 0] = SOP
-        ids = torch.cat([contexts, tail], dim=1)
+        ids = torch.cat([contexts, tail], dim=1).to(glm.device)
         block = torch.cat([torch.zeros(context, dtype=torch.long), torch.arange(1, length - context + 1)])
         text = torch.cat([torch.arange(context), torch.full((length - context,), context - 1)])
-        position_ids = torch.stack([text, block]).expand(batch, 2, length)
+        position_ids = torch.stack([text, block]).expand(batch, 2, length).to(glm.device)
 
         def step(ids=ids, position_ids=position_ids):
             hidden = glm.glm(ids, position_ids, sep=context, use_cache=False).last_hidden_state[:, -1]
@@ -132,6 +135,7 @@ def compare(glm, gpt2, batch: int, context: int, news: list[int], repeats: int, 
     ids[:, -1] = GMASK
     contexts = ids.tolist()
     glm_kwargs = dict(blank_ids=[GMASK], sop_id=SOP, stop_ids=[], pad_id=0)
+    ids = ids.to(glm.device)
     attention = torch.ones_like(ids)
     runs = {}
     for n in [1, *news]:
@@ -176,16 +180,17 @@ def main():
     parser.add_argument("--previous", help="a generation module file whose fill_ids runs as a peer")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="torch device (cuda: no bandwidth limit is printed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    print(describe())
-    glm, gpt2 = build_models(args.layers, args.width, args.heads, 2 * args.context, dtype)
-    if not has_half_gemm(dtype):
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    print(describe() if device.type == "cpu" else torch.cuda.get_device_name(device))
+    glm, gpt2 = (m.to(device) for m in build_models(args.layers, args.width, args.heads, 2 * args.context, dtype))
+    if device.type == "cpu" and not has_half_gemm(dtype):
         print(f"GPT-2 skipped: this CPU has no {args.dtype} GEMM (torch's reference kernel): no fair ratio")
         gpt2 = None
     previous = load_previous(args.previous) if args.previous else None
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth_gbs() if device.type == "cpu" else float("nan")  # a CPU-memory figure
     print(
         f"{args.layers} layers x {args.width}, {args.heads} heads, vocab {VOCAB}, {args.dtype}, "
         f"{args.threads} threads; context {args.context}; medians of {args.repeats}; "
@@ -206,7 +211,7 @@ def main():
                 line += f" {'-':>12} {'-':>9}"
             if previous is not None:
                 line += f" {rates['previous', n]:>9.1f} {glm_rate / rates['previous', n]:>11.2f}x"
-            if batch == 1:
+            if batch == 1 and device.type == "cpu":
                 limit = bandwidth * 1e9 / bytes_per_token(glm, args.context, n)
                 line += f"   limit {limit:.1f} tok/s, {glm_rate / limit:.0%} reached"
             print(line, flush=True)

@@ -1,8 +1,9 @@
 """Zero-shot evaluation: LAMBADA accuracy, perplexity (WikiText or any UTF-8 text), multiple choice, lm-eval.
 
-torchglm evaluate lambada [--model DIR] [--data lambada_test.jsonl] [--unidirectional] [--output results.json]
+torchglm evaluate lambada [--model DIR] [--data lambada_test.jsonl] [--unidirectional | --causal] [--output FILE]
 torchglm evaluate wikitext --model DIR [--data wiki.test.tokens] [--seq-length 512] [--overlap 256]
 torchglm evaluate multichoice --model DIR --data choices.jsonl [--length-normalize]
+torchglm evaluate infill --model DIR --data sentences.txt [--left-only | --causal]   (one word per line blanked)
 torchglm evaluate seq2seq --task xsum --model DIR --data test.jsonl --output DIR   (ROUGE; see docs/seq2seq.md)
 torchglm evaluate harness --model DIR --tasks TASK [--include_path DIR] [any other lm_eval run option]
 
@@ -47,11 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     layout.add_argument("--data", help="data file (default: the ../shared/data copy, where there is one)")
     layout.add_argument("--seq-length", type=int, help="sequence length (default: the model's positions)")
     layout.add_argument("--unidirectional", action="store_true", help="context read left to right, in part B")
+    layout.add_argument(
+        "--causal", action="store_true",
+        help="causal-LM layout ([CLS] text left to right, no blank) for models pretrained with the clm objective",
+    )  # fmt: skip
     layout.add_argument("--mask", choices=["MASK", "sMASK", "gMASK"], help="blank token (default [gMASK] if any)")
     layout.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     layout.add_argument("--limit", type=int, help="only the first N examples (wikitext: the first N lines)")
     layout.add_argument("--output", help="results JSON (a .log file is written beside it)")
     layout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    layout.add_argument("--quantize", metavar="MODE", help="torchao weight-only quantization: int8, int4 (CUDA)")
     kinds = {"formatter_class": argparse.RawDescriptionHelpFormatter, "parents": [common, layout]}
     tasks.add_parser("lambada", help="LAMBADA last-word accuracy", **kinds)
     text = tasks.add_parser("wikitext", help="perplexity of a WikiText .tokens file or any UTF-8 text", **kinds)
@@ -62,25 +68,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (default): WikiText for .tokens files, PTB for ptb files, else none",
     )
+    infill = tasks.add_parser(
+        "infill", help="blank filling: one word of each line (a sentence) of a text blanked; greedy accuracy", **kinds
+    )
+    infill.add_argument("--left-only", action="store_true", help="GLM without the blank's right context")
+    infill.add_argument("--min-words", type=int, default=8, help="skip lines with fewer words (default 8)")
+    infill.add_argument("--max-words", type=int, default=40, help="skip lines with more words (default 40)")
+    infill.add_argument("--seed", type=int, default=0, help="seed of the blanked-word draw (default 0)")
     choice = tasks.add_parser("multichoice", help="zero-shot multiple choice from a JSON-lines file", **kinds)
     choice.add_argument("--length-normalize", action="store_true", help="rank choices by mean token log-prob")
     superglue = tasks.add_parser(
-        "superglue", help="SuperGLUE as cloze questions (PET patterns); writes the submission file",
+        "superglue", help="SuperGLUE and CLUE as cloze questions (PET patterns); writes the submission file",
         parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     from torchglm.tasks.superglue import TASKS as SUPERGLUE_TASKS
 
     superglue.add_argument("--task", dest="superglue_task", required=True, choices=list(SUPERGLUE_TASKS))
-    superglue.add_argument("--data", default="../shared/data/superglue",
-                           help="the SuperGLUE folder (RTE/val.jsonl, ...) or the task's own folder")  # fmt: skip
-    superglue.add_argument("--split", default="val", help="val (default), train, test or dev32")
+    superglue.add_argument(
+        "--data", help="the SuperGLUE or CLUE folder (RTE/val.jsonl, tnews/dev_few_all.json, ...) or the task's own "
+        "folder (default: ../shared/data/superglue or ../shared/data/clue)",
+    )  # fmt: skip
+    superglue.add_argument("--split", default="val", help="val (default), train, test, dev32 or a file name")
     superglue.add_argument("--pattern-id", type=int, help="the pattern (default: the original's for the task)")
     superglue.add_argument("--seq-length", type=int, help="default: the task's (RTE 256, MultiRC 512, ...)")
     superglue.add_argument("--length-penalty", type=float, default=0.0,
                            help="multi-token choices: summed log-prob / tokens ** this (default 0)")  # fmt: skip
+    superglue.add_argument("--wsc-negative", action="store_true",
+                           help="WSC: score the referent against noun phrases of the text (where the file has no "
+                           "candidates), as a model finetuned with task.wsc_negative")  # fmt: skip
     superglue.add_argument("--batch-size", type=int, default=16)
     superglue.add_argument("--limit", type=int, help="only the first N examples")
-    superglue.add_argument("--output", help="output folder: TASK.jsonl (submission format), results.json, log")
+    superglue.add_argument("--output", help="output folder: TASK.jsonl (submission format; CLUE: "
+                           "task_predict.json), results.json, log")  # fmt: skip
     superglue.add_argument("--no-progress", action="store_true")
     from torchglm.seq2seq_cli import add_evaluate_arguments
 
@@ -119,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     from torchglm.fill_cli import load
 
-    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype, args.quantize)
     log.info("torchglm evaluate %s: model %s (%s, %s), data %s", args.task, args.model, args.dtype, args.device, data)
     started = time.perf_counter()
     result, units = _evaluate(args, model, tokenizer, data)
@@ -129,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(data),
         "data_sha256": _sha256(data),
         "dtype": args.dtype,
+        "quantization": args.quantize,
         "device": args.device,
         "batch_size": args.batch_size,
         "limit": args.limit,
@@ -146,12 +166,27 @@ def _evaluate(args, model, tokenizer, data):
     from torchglm.tasks import language_model as lm
     from torchglm.tasks import multiple_choice as mc
 
-    common = {"seq_length": args.seq_length, "unidirectional": args.unidirectional, "mask": args.mask}
+    common = {"seq_length": args.seq_length, "unidirectional": args.unidirectional, "causal": args.causal}
+    common["mask"] = args.mask
     common["batch_size"] = args.batch_size
     if args.task == "lambada":
         examples = lm.read_lambada(data, tokenizer)[: args.limit]
         with _progress(args, len(examples), "examples") as progress:
             return lm.evaluate_lambada(model, tokenizer, examples, progress=progress, **common), "examples"
+    if args.task == "infill":
+        from torchglm.tasks import infill
+
+        if args.unidirectional:
+            raise InputError("evaluate infill: --unidirectional does not apply (use --left-only or --causal)")
+        if args.left_only and args.causal:
+            raise InputError("evaluate infill: --left-only is a GLM layout; a --causal model reads left only anyway")
+        examples = infill.read_infill_sentences(
+            data, min_words=args.min_words, max_words=args.max_words, seed=args.seed
+        )[: args.limit]
+        common |= {"mask": args.mask or "MASK", "right_context": not args.left_only}
+        del common["unidirectional"]
+        with _progress(args, len(examples), "examples") as progress:
+            return infill.evaluate_infill(model, tokenizer, examples, progress=progress, **common), "examples"
     if args.task == "multichoice":
         examples = mc.read_multiple_choice(data)[: args.limit]
         with _progress(args, sum(len(e.choices) for e in examples), "choices") as progress:
@@ -263,9 +298,40 @@ def run_harness(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_superglue(args: argparse.Namespace) -> int:
-    """``torchglm evaluate superglue``: the task's split scored as cloze questions; metrics and submission file."""
+def _has_classification_head(model: str) -> bool:
+    """Whether a model folder holds a ``GLMForSequenceClassification`` (its config.json's ``architectures``)."""
+    from torchglm.builtin import resolve
+
+    try:
+        config = json.loads((Path(resolve(model)) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # not a local folder with a config: load() says what is wrong
+    return "GLMForSequenceClassification" in (config.get("architectures") or [])
+
+
+def _load_trainable_run(args: argparse.Namespace):
+    """``--model`` a folder of ``tasks.prompts.save_trainable`` (trainable.json): its base model with the trained
+    tensors and prompt encoder put back, the run's pattern and length as defaults; None for any other folder."""
     from torchglm.fill_cli import load
+    from torchglm.tasks import prompts
+
+    info = prompts.trainable_info(args.model) if Path(args.model).is_dir() else None
+    if info is None:
+        return None
+    model, tokenizer = load(info["base_model"], args.tokenizer or args.model, args.device, args.dtype)
+    prompts.load_trainable(model, args.model)
+    if args.pattern_id is None:
+        args.pattern_id = info.get("pattern_id")
+    if args.seq_length is None:
+        args.seq_length = info.get("seq_length")
+    return model, tokenizer
+
+
+def run_superglue(args: argparse.Namespace) -> int:
+    """``torchglm evaluate superglue``: the task's split scored as cloze questions, or by the classification head of
+    a ``GLMForSequenceClassification`` folder (told by its config's ``architectures``); metrics and submission file."""
+    from torchglm.fill_cli import load
+    from torchglm.model import GLMForSequenceClassification
     from torchglm.tasks import superglue
 
     if args.limit is not None and args.limit < 1:
@@ -273,18 +339,35 @@ def run_superglue(args: argparse.Namespace) -> int:
     task = args.superglue_task
     path = superglue.task_file(args.data, task, args.split)
     _setup_logging(None)
-    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    trained = _load_trainable_run(args)  # a P-tuning / frozen-backbone best/ or final/ folder
+    classifier = trained is None and _has_classification_head(args.model)
+    if classifier and args.pattern_id is not None:
+        raise InputError(f"--pattern-id: {args.model} is a classification-head model (GLMForSequenceClassification), "
+                         "it reads no pattern")  # fmt: skip
+    if trained is not None:
+        model, tokenizer = trained
+    else:
+        model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype,
+                                model_class=GLMForSequenceClassification if classifier else None)  # fmt: skip
+    if classifier and model.config.num_labels != len(superglue.LABELS[task]):
+        raise InputError(f"--model {args.model}: its classification head has {model.config.num_labels} labels, "
+                         f"{task} has {len(superglue.LABELS[task])}")  # fmt: skip
     split = {"val": "dev", "dev32": "dev"}.get(args.split, args.split)
-    examples = superglue.read_examples(task, path, split)[: args.limit]
+    examples = superglue.read_examples(task, path, split, wsc_negative=args.wsc_negative)[: args.limit]
     output = Path(args.output) if args.output else None
     _setup_logging(output / "evaluate.json" if output else None)
     log.info("torchglm evaluate superglue %s: model %s, %s (%d examples)", task, args.model, path, len(examples))
     started = time.perf_counter()
     with _progress(args, len(examples), "examples", task) as progress:
-        result = superglue.evaluate_superglue(
-            model, tokenizer, task, examples, pattern_id=args.pattern_id, seq_length=args.seq_length,
-            length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
-        )  # fmt: skip
+        if classifier:
+            seq_length = min(args.seq_length or superglue.SEQ_LENGTH[task], int(model.config.max_sequence_length))
+            result = superglue.evaluate_classifier(model, tokenizer, task, examples, seq_length=seq_length,
+                                                   batch_size=args.batch_size)  # fmt: skip
+        else:
+            result = superglue.evaluate_superglue(
+                model, tokenizer, task, examples, pattern_id=args.pattern_id, seq_length=args.seq_length,
+                length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
+            )  # fmt: skip
     elapsed = time.perf_counter() - started
     log.info("%s  [%.1f s]", result.summary(), elapsed)
     if output is not None:
@@ -292,10 +375,13 @@ def run_superglue(args: argparse.Namespace) -> int:
 
         output.mkdir(parents=True, exist_ok=True)
         rows = superglue.submission_rows(task, examples, result.predictions)
-        name = superglue.TASK_FOLDERS[task] + ".jsonl"
+        name = superglue.submission_file(task)
         atomic_write_bytes(output / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
         record = result.to_dict() | {"model": str(args.model), "data": str(path), "data_sha256": _sha256(path),
                                      "seconds": round(elapsed, 3)}  # fmt: skip
+        record["head"] = "classifier" if classifier else "cloze"
+        if classifier:
+            record.update(pool_token=model.config.pool_token, seq_length=seq_length)
         write_json_atomic(output / "results.json", record)
         log.info("predictions: %s", output / name)
     return 0

@@ -13,6 +13,7 @@ built-in glm-tiny-en fills the blanks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -43,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="texts decoded together (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument(
+        "--quantize", metavar="MODE", help="weight-only quantization through torchao: int8, or int4 (CUDA, bfloat16)"
+    )
+    parser.add_argument(
+        "--tensor-parallel", action="store_true",
+        help="split the model over the processes of torchrun (torchrun --nproc-per-node N -m torchglm.cli fill ...)",
+    )  # fmt: skip
     decoding = parser.add_argument_group("decoding (per blank)")
     defaults = GenerationOptions()
     decoding.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -99,9 +107,18 @@ def _options(args: argparse.Namespace, early) -> GenerationOptions:
     )
 
 
-def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "cpu", dtype: str = "float32"):
+def load(
+    model_folder: str,
+    tokenizer_folder: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quantization: str | None = None,
+    model_class=None,
+):
     """A GLM model in eval mode and its tokenizer, from local checkpoint folders. A name that is not a folder is an
-    :class:`InputError` at once (transformers would look it up on the hub and wait for the network)."""
+    :class:`InputError` at once (transformers would look it up on the hub and wait for the network).
+    ``quantization`` (``int8``, ``int4``) quantizes the weights on ``device``, where its kernels must exist.
+    ``model_class``: what to load (default ``GLMForConditionalGeneration``)."""
     import torch
 
     from torchglm.builtin import resolve
@@ -123,8 +140,12 @@ def load(model_folder: str, tokenizer_folder: str | None = None, device: str = "
             )
     start = time.perf_counter()
     try:
-        model = GLMForConditionalGeneration.from_pretrained(model_folder, dtype=getattr(torch, dtype))
+        quantized = {"quantization": quantization, "device": device} if quantization else {}
+        model_class = model_class or GLMForConditionalGeneration
+        model = model_class.from_pretrained(model_folder, dtype=getattr(torch, dtype), **quantized)
         tokenizer = GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
+    except InputError:  # already names what is wrong (a quantization mode, a checkpoint file)
+        raise
     except (OSError, ValueError, KeyError) as error:
         raise InputError(f"--model {model_folder}: cannot load a GLM from it ({error})") from None
     except RuntimeError as error:
@@ -233,7 +254,15 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if args.stream and (args.json or options.num_beams > 1):
         raise InputError("--stream prints tokens as they come: not with --json or --num-beams > 1")
-    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+    if args.tensor_parallel and args.quantize:
+        raise InputError("--quantize: not with --tensor-parallel (quantized weights are not split); use one of them")
+    if args.tensor_parallel:
+        return _run_tensor_parallel(args)
+    model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype, args.quantize)
+    return _fill_texts(args, options, model, tokenizer, list)
+
+
+def _fill_texts(args, options, model, tokenizer, gather_texts) -> int:
     if args.interactive:
         while True:
             try:
@@ -250,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
                     _print_result(fill(model, tokenizer, text, options=options, truncate=args.truncate), args.json)
             except ValueError as error:  # a bad text should not end the session
                 print(f"error: {error}", file=sys.stderr)
-    texts = list(_read_texts(args))
+    texts = gather_texts(_read_texts(args))
     failed = 0
     if args.stream:
         for where, text in texts:
@@ -277,6 +306,51 @@ def run(args: argparse.Namespace) -> int:
         rest = "; the others were filled" if failed < len(texts) else ""
         print(f"torchglm fill: {failed} of {len(texts)} texts failed (named above){rest}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _run_tensor_parallel(args: argparse.Namespace) -> int:
+    """``fill`` with the model split over torchrun's processes: sizes checked before anything is loaded, texts read
+    by rank 0 and sent to all (they share stdin), one sampling seed, output from rank 0 only."""
+    import torch
+    import torch.distributed as dist
+
+    from torchglm.builtin import resolve
+    from torchglm.config import GLMConfig
+    from torchglm.tokenization import GLMTokenizer
+    from torchglm.train import parallel
+
+    size = parallel.world_size_from_env()
+    if args.interactive:
+        raise InputError("--interactive: not with --tensor-parallel (every process would prompt); pass texts or --file")
+    folder = resolve(args.model)
+    if not Path(folder, "config.json").is_file():
+        raise InputError(f"--model {args.model}: --tensor-parallel needs a local model folder with config.json")
+    parallel.check_tensor_parallel_size(GLMConfig.from_pretrained(folder), size)
+    if size == 1:
+        print("torchglm fill: --tensor-parallel on one process (not under torchrun): the whole model", file=sys.stderr)
+        model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
+        return _fill_texts(args, options_from_args(args), model, tokenizer, list)
+    world = parallel.init_distributed("cuda" if args.device.startswith("cuda") else "cpu", size)
+    ok = False
+    try:
+        if not world.is_main:
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+        start = time.perf_counter()
+        model = parallel.load_tensor_parallel(folder, world.mesh["tp"], getattr(torch, args.dtype))
+        tokenizer = GLMTokenizer.from_pretrained(args.tokenizer or folder)
+        print(describe_loaded(args.model, model, time.perf_counter() - start) + f", over {size} ranks", file=sys.stderr)
+        options = dataclasses.replace(options_from_args(args), seed=parallel.shared_seed(args.seed))
+
+        def texts_of_rank0(texts):
+            sent = [list(texts) if world.is_main else None]
+            dist.broadcast_object_list(sent, src=0)
+            return sent[0]
+
+        code = _fill_texts(args, options, model, tokenizer, texts_of_rank0)
+        ok = True
+        return code
+    finally:
+        parallel.close_distributed(orderly=ok)
 
 
 def _report(where: str, error: Exception) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate
 from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -224,6 +225,9 @@ class GLMPreTrainedModel(PreTrainedModel):
     """Module pattern (``*``: anything) -> parallel style. The column-wise ``query_key_value`` gives each rank
     whole heads once :func:`tensor_parallel_layout` has regrouped its rows; ``dense`` takes the heads' outputs
     row-wise as the MLP's second matrix takes the first's, so a block communicates twice (an all-reduce each)."""
+    tensor_parallel_inference_plan: dict[str, str] = {**tensor_parallel_plan, "*word_embeddings": "vocab"}
+    """Inference adds the vocabulary-parallel word embeddings (rows split by token id; the lookup all-reduced, the
+    tied output layer's logits all-gathered, see ``TiedOutputHead.output_logits``). Training keeps them whole."""
 
     def _init_weights(self, module: nn.Module):
         """The original's init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
@@ -252,9 +256,16 @@ class GLMPreTrainedModel(PreTrainedModel):
 
         - ``device``: shorthand for ``device_map=device`` (the whole model on one device).
         - ``max_sequence_length`` above the checkpoint's grows the position tables (old rows kept; logged).
+        - ``quantization="int8"`` (or ``"int4"`` on CUDA): the blocks' weights quantized through torchao once
+          loaded, for inference (:mod:`torchglm.quantization`).
         """
         from torchglm.builtin import is_builtin, resolve
         from torchglm.checkpoint import check_checkpoint_folder
+        from torchglm.quantization import check_quantization_mode, quantize_weights
+
+        quantization = kwargs.pop("quantization", None)
+        if quantization is not None:
+            check_quantization_mode(quantization)  # before the weights are read
 
         if is_builtin(pretrained_model_name_or_path):  # shipped in bf16 to stay small; computed in fp32
             kwargs.setdefault("dtype", torch.float32)
@@ -285,6 +296,8 @@ class GLMPreTrainedModel(PreTrainedModel):
                 f"checkpoint {pretrained_model_name_or_path} does not fit {cls.__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
+        if quantization is not None:
+            quantize_weights(model, quantization)
         return (model, info) if wants_info else model
 
     @classmethod
@@ -477,6 +490,9 @@ class TiedOutputHead:
         costs ``V x H`` floats of memory while decoding and is rebuilt when the weights change.
         """
         weight = self.glm.word_embeddings.weight
+        if isinstance(weight, DTensor):  # vocabulary-parallel (tensor-parallel inference): every rank gets all logits
+            hidden_states = DTensor.from_local(hidden_states, weight.device_mesh, [Replicate()], run_check=False)
+            return linear(hidden_states, weight).full_tensor()
         few_rows = hidden_states.numel() <= 2 * hidden_states.shape[-1]
         if not (few_rows and weight.device.type == "cpu" and weight.dtype == hidden_states.dtype == torch.float32):
             return linear(hidden_states, weight)

@@ -19,6 +19,7 @@ from torchglm.tasks import (
     final_blank_inputs,
     read_lambada,
     read_perplexity_text,
+    score_final_blank,
     wikitext_detokenize,
     window_inputs,
 )
@@ -29,6 +30,7 @@ from torchglm.tasks.language_model import (
     perplexity_windows,
     split_last_word,
 )
+from torchglm.tasks.scoring import score_windows
 
 from .helpers import CLS, EOS, GMASK, SOP, WordTokenizer, full_pass_log_probs, tiny_model
 
@@ -247,3 +249,24 @@ def test_empty_and_non_utf8_text_files_are_named(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"fine\nfine\nbad \xc3\x28 here\n")
     with pytest.raises(InputError, match=r"bad.txt, line 3: not UTF-8"):
         read_perplexity_text(tmp_path / "bad.txt")
+
+
+def test_the_causal_layout_reaches_lambada_and_perplexity():
+    """``causal=True`` is passed down to the causal scoring layout (itself checked against a causal forward pass in
+    test_scoring.py): the same numbers as scoring directly, and the layout named in the results."""
+    model, tokenizer = tiny_model(), WordTokenizer()
+    ids = PromptIds.from_tokenizer(tokenizer)
+    examples = [lambada_example(tokenizer, t) for t in ["the cat sat on the mat", "one two three four"]]
+    result = evaluate_lambada(model, tokenizer, examples, seq_length=64, causal=True)
+    direct = score_final_blank(model, ids, [e.context_ids for e in examples], [[e.answer_ids] for e in examples],
+                               seq_length=64, causal=True)  # fmt: skip
+    assert [r["nll"] for r in result.examples] == pytest.approx([-s.log_prob for [s] in direct], abs=1e-6)
+    assert result.settings["layout"] == "causal" and "(causal)" in result.summary()
+    tokens = [(7 * i) % 79 + 1 for i in range(30)]
+    ppl = evaluate_perplexity(model, tokenizer, PerplexityText("unused", 30), tokens=tokens, seq_length=16,
+                              overlap=5, causal=True)  # fmt: skip
+    spans = perplexity_windows(30, 16, 5)
+    expected = -sum(s.log_prob for s in score_windows(model, ids, tokens, spans, causal=True))
+    assert ppl.total_nll == pytest.approx(expected, rel=1e-6) and ppl.scored_tokens == 29
+    with pytest.raises(InputError, match="choose one layout"):
+        evaluate_lambada(model, tokenizer, examples, unidirectional=True, causal=True)

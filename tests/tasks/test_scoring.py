@@ -142,3 +142,51 @@ def test_prompt_ids_follow_the_tokenizers_task_masks():
     assert PromptIds.from_tokenizer(WordTokenizer(task_masks=False)).mask == WordTokenizer.mask_token_id
     with pytest.raises(InputError, match="no \\[gMASK\\]"):
         PromptIds.from_tokenizer(WordTokenizer(task_masks=False), "gMASK")
+
+
+# ---- the causal layout (models pretrained with the clm objective) ------------------------------------------------
+
+
+def _causal_lm_log_probs(model, tokens):
+    """log p(tokens[j + 1] | [CLS] tokens[:j + 1]) for every j, from one forward pass of ``[CLS] tokens`` with
+    ``sep = 0`` (no bidirectional part at all), positions 0.. and block positions 0: the clm pretraining layout."""
+    ids = [CLS, *tokens]
+    n = len(ids)
+    values, _ = full_pass_log_probs(model, ids, list(range(n)), [0] * n, 0, [(j, ids[j + 1]) for j in range(n - 1)])
+    return values  # values[j] = log p(ids[j + 1]); ids[1] = tokens[0] is predicted by [CLS]
+
+
+def test_causal_final_blank_scores_equal_a_causal_lm_forward_pass_and_batching_changes_nothing():
+    model, rng = tiny_model(), random.Random(5)
+    contexts = _random_lists(rng, 5, 1, 20)
+    answers = [_random_lists(rng, rng.randrange(1, 4), 1, 5) for _ in contexts]
+    one_by_one = score_final_blank(model, IDS, contexts, answers, seq_length=64, causal=True, batch_size=1)
+    batched = score_final_blank(model, IDS, contexts, answers, seq_length=64, causal=True, batch_size=4)
+    for context, choices, singles, together in zip(contexts, answers, one_by_one, batched, strict=True):
+        for answer, single, joint in zip(choices, singles, together, strict=True):
+            every = _causal_lm_log_probs(model, context + answer)
+            assert single.token_log_probs == pytest.approx(every[len(context) :], abs=1e-5)
+            assert single.num_tokens == len(answer)
+            assert joint.log_prob == pytest.approx(single.log_prob, abs=1e-5) and joint.is_greedy == single.is_greedy
+
+
+def test_causal_windows_equal_causal_lm_forward_passes_and_score_every_token_once():
+    model, rng = tiny_model(), random.Random(6)
+    tokens = [rng.randrange(1, 80) for _ in range(41)]
+    spans = window_spans(len(tokens), 12, 5)
+    scores = score_windows(model, IDS, tokens, spans, causal=True, batch_size=3)
+    for span, got in zip(spans, scores, strict=True):
+        every = _causal_lm_log_probs(model, tokens[span.start : span.end])
+        assert got.token_log_probs == pytest.approx(every[span.first_scored - span.start :], abs=1e-5)
+    assert sum(s.num_tokens for s in scores) == len(tokens) - 1
+    with pytest.raises(InputError, match="first token"):
+        score_windows(model, IDS, tokens, window_spans(len(tokens), 12, 5, score_first=True), causal=True)
+
+
+def test_causal_inputs_as_written_by_hand():
+    part_a, block = final_blank_inputs([11, 12, 13], [21, 22], IDS, causal=True)
+    assert part_a == [CLS]
+    assert block.input_ids == [11, 12, 13, 21] and block.labels == [-100, -100, 21, 22]
+    assert block.position == [1, 2, 3, 4] and block.block_position == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="context token"):
+        final_blank_inputs([], [21], IDS, causal=True)

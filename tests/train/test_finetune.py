@@ -206,7 +206,7 @@ def test_cloze_finetuning_overfits_32_training_examples(shared_dir, tmp_path, ta
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]["accuracy"] == 100.0
 
 
-def test_the_classification_head_overfits_32_training_examples(shared_dir, tmp_path):
+def test_the_classification_head_overfits_32_training_examples(shared_dir, tmp_path, capsys):
     """The alternative to the cloze: GLMForSequenceClassification over [CLS] A [SEP] B [eos], through the CLI."""
     from torchglm import GLMTokenizer
     from torchglm.model import GLMForSequenceClassification
@@ -230,6 +230,23 @@ def test_the_classification_head_overfits_32_training_examples(shared_dir, tmp_p
     again = superglue.evaluate_classifier(model, tokenizer, "rte", examples, seq_length=128)
     assert again.metrics["accuracy"] == 100.0
     assert main([*args[:6], "--task", "copa", *args[6:]]) == 2  # multi-choice tasks: the cloze only
+    assert main([*args, "--task.loss", "mix"]) == 2
+    assert "task.loss mix: an LM loss of the answer, for the cloze head only" in capsys.readouterr().err
+
+    # torchglm evaluate superglue tells the classifier folder by its config and scores it with the head
+    data = str(shared_dir / "data" / "superglue")
+    evaluate = ["evaluate", "superglue", "--task", "rte", "--model", str(out / "best"), "--split", "train",
+                "--seq-length", "128", "--data", data, "--output", str(tmp_path / "eval"), "--no-progress"]  # fmt: skip
+    assert main(evaluate) == 0
+    record = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert record["head"] == "classifier" and record["pool_token"] == "cls" and record["metrics"]["accuracy"] == 100.0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "RTE.jsonl").read_text().splitlines()]
+    assert rows == [{"idx": e.idx, "label": e.label} for e in examples]  # all right: the gold labels, by name
+    capsys.readouterr()
+    assert main([*evaluate, "--pattern-id", "0"]) == 2
+    assert "a classification-head model (GLMForSequenceClassification), it reads no pattern" in capsys.readouterr().err
+    assert main([*evaluate[:2], "--task", "cb", *evaluate[4:]]) == 2
+    assert "its classification head has 2 labels, cb has 3" in capsys.readouterr().err
 
 
 def test_lora_through_peft_trains_adapters_only_and_reloads(shared_dir, tmp_path):
@@ -276,3 +293,88 @@ def test_lora_through_peft_trains_adapters_only_and_reloads(shared_dir, tmp_path
     assert run(again, "--resume") == 0
     first, second = (load_file(o / "final" / "adapter" / "adapter_model.safetensors") for o in (out, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_a_better_dev_metric(shared_dir, tmp_path, capsys):
+    """A learning rate too small to move any weight: the dev accuracy of step 0 is never beaten, so with patience 2
+    the run stops after the evaluations of steps 2 and 4, with its checkpoint, best/ (step 0), final/ and the reason."""
+    out = tmp_path / "stop"
+    args = [
+        "finetune", "superglue", "--task", "rte", "--model", str(shared_dir / "golden" / "glm-ref-fill"),
+        "--data", str(shared_dir / "data" / "superglue"), "--output", str(out), "--task.dev_split", "train",
+        "--task.eval_examples", "8", "--task.seq_length", "64", "--task.early_stop_patience", "2",
+        "--train.steps", "20", "--train.eval_interval", "2", "--optim.lr", "1e-30", "--optim.weight_decay", "0",
+        "--checkpoint.interval", "0", "--logging.progress_bar", "false", "--logging.tensorboard", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [e["step"] for e in results["evaluations"]] == [0, 2, 4]
+    assert len({e["accuracy"] for e in results["evaluations"]}) == 1  # nothing moved
+    assert results["stopped_at_step"] == 4 and results["best"]["step"] == 0
+    reason = results["stop_reason"]
+    assert reason.startswith("early stop: accuracy not above") and reason.endswith("for 2 evaluations")
+    steps = [json.loads(line).get("step") for line in (out / "log.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 4
+    assert (out / "checkpoints" / "step-00000004").is_dir() and (out / "final" / "model.safetensors").is_file()
+    assert json.loads((out / "best" / "metrics.json").read_text())["step"] == 0
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "bad"), "--task.wsc_negative", "true"]) == 2
+    assert "task.wsc_negative: WSC's negative candidates, not for rte" in capsys.readouterr().err
+
+
+def test_wsc_with_negatives_and_the_mix_loss_trains_through_the_cli(shared_dir, tmp_path):
+    """The preset's WSC recipe (negatives from the text, loss mix, length penalty 1) on the tiny reference model: the
+    training loss falls, and the dev examples are scored against their negatives."""
+    out = tmp_path / "wsc"
+    args = [
+        "finetune", "superglue", "--config", "configs/finetune/wsc.yaml", "--model",
+        str(shared_dir / "golden" / "glm-ref-fill"), "--data", str(shared_dir / "data" / "superglue"), "--output",
+        str(out), "--task.epochs", "1.0", "--task.eval_examples", "8", "--task.seq_length", "96",
+        "--task.eval_epochs", "1.0", "--train.steps", "8", "--train.global_batch_size", "4",
+        "--train.micro_batch_size", "4", "--logging.interval", "1", "--optim.lr", "2e-3", "--checkpoint.interval",
+        "0", "--logging.progress_bar", "false", "--logging.tensorboard", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["loss"], results["wsc_negative"], results["train_examples"]) == ("mix", True, 32)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and "eval/loss" not in r]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])
+    assert [e["step"] for e in results["evaluations"]] == [0, 8] and "accuracy" in results["evaluations"][-1]
+
+
+def test_p_tuning_with_a_frozen_backbone_overfits_and_saves_only_what_trained(shared_dir, tmp_path, capsys):
+    """RTE pattern 0 with 3 prompt tokens (an LSTM encoder) and the backbone frozen but its first layer, through the
+    CLI: 100% on the 32 training examples; best/ holds only the encoder and layer 0, and `evaluate superglue` on
+    it (the base model + those tensors) scores the same as the run did."""
+    from torchglm.tasks import prompts
+
+    base, data, out = shared_dir / "golden" / "glm-ref-fill", shared_dir / "data" / "superglue", tmp_path / "ptune"
+    args = [
+        "finetune", "superglue", "--task", "rte", "--model", str(base), "--data", str(data), "--output", str(out),
+        "--task.dev_split", "train", "--task.seq_length", "128", "--train.steps", "40", "--train.eval_interval", "40",
+        "--optim.lr", "5e-3", "--schedule.warmup_ratio", "0.05", "--checkpoint.interval", "0",
+        "--logging.progress_bar", "false", "--logging.tensorboard", "false", "--task.continuous_prompt", "true",
+        "--task.freeze_backbone", "true", "--task.tune_prefix_layers", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluations"][0]["accuracy"] < 75 and results["best"] == {"step": 40, "accuracy": 100.0}
+    assert (results["continuous_prompt"], results["prompt_encoder"], results["tune_prefix_layers"]) == (True, "lstm", 1)
+    saved = load_file(out / "best" / prompts.TRAINABLE_FILE)
+    assert {k.split(".")[0] for k in saved} == {"prompt_encoder", "glm"}
+    assert all(k.startswith(("prompt_encoder.", "glm.transformer.layers.0.")) for k in saved)
+    assert saved["prompt_encoder.embeddings.weight"].shape == (3, 64)
+    info = json.loads((out / "best" / prompts.TRAINABLE_INFO).read_text())
+    assert (info["pattern_id"], info["seq_length"], info["prompt_encoder"]["num_tokens"]) == (0, 128, 3)
+    evaluate = ["evaluate", "superglue", "--task", "rte", "--split", "train", "--data", str(data), "--no-progress"]
+    assert main([*evaluate, "--model", str(out / "best"), "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"] == {"accuracy": 100.0}
+    # bad settings are named
+    capsys.readouterr()
+    assert main([*args[:9], str(tmp_path / "bad"), "--task.tune_prefix_layers", "3", "--task.freeze_backbone",
+                 "true", "--dry-run"]) == 2  # fmt: skip
+    assert "task.tune_prefix_layers 3: the model has 2 layers" in capsys.readouterr().err
+    assert main([*args[:9], str(tmp_path / "bad"), "--task", "record", "--task.continuous_prompt", "true",
+                 "--task.dev_split", "train", "--dry-run"]) == 2  # fmt: skip
+    assert "record pattern 0 has no prompt slots" in capsys.readouterr().err

@@ -159,3 +159,160 @@ def test_tensor_parallel_inference_runs_each_ranks_heads_and_matches_one_process
         assert report["fill_split"] == report["fill_plain"]
         assert len({tuple(map(tuple, r)) for r in report["fill_plain"]}) > 1  # fills that differ: a real check
         assert report["beam_split"] == report["beam_plain"] and report["beam_score_difference"] <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tensor-parallel inference: a saved folder loaded over 2 ranks, each reading its shard
+
+
+def _run_torchrun(args, timeout=300, **kwargs):
+    import subprocess
+    import sys
+
+    from .conftest import _free_port, child_env
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_free_port()), *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_loading_reads_each_ranks_shard_and_matches_one_process(tmp_path):
+    """A sharded safetensors folder loaded over 2 gloo ranks: forward logits within 1e-5 of the whole model,
+    the same greedy fills; every rank holds and reads only its half of the split tensors (hand-written local
+    shapes, q|k|v rows as ``tensor_parallel_layout`` regroups them). With ../shared, the released-format
+    ``glm-ref-fill`` (a memory-mapped pytorch_model.bin) gives the golden fills and transformers' ``generate``."""
+    import json
+    from pathlib import Path
+
+    from torchglm import GLMConfig, GLMForConditionalGeneration
+    from torchglm.model import tensor_parallel_layout
+
+    hidden, heads, vocab, width = 32, 4, 98, 64
+    config = GLMConfig(
+        vocab_size=vocab, hidden_size=hidden, num_layers=2, num_attention_heads=heads, intermediate_size=width,
+        max_sequence_length=64, initializer_range=0.3,  # peaked predictions: fills that vary from token to token
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GLMForConditionalGeneration(config)
+    model.save_pretrained(tmp_path / "tiny", max_shard_size="20KB")
+    full = model.state_dict()
+    assert len(list((tmp_path / "tiny").glob("model-*.safetensors"))) > 2
+    golden = Path(__file__).resolve().parents[3] / "shared" / "golden" / "glm-ref-fill"
+    args = [Path(__file__).with_name("tensor_parallel_inference_child.py"), tmp_path, tmp_path / "tiny"]
+    result = _run_torchrun(args + ([golden] if golden.is_dir() else []))
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    half = {  # the split tensors' local shapes on each of 2 ranks; everything else whole
+        "glm.word_embeddings.weight": [vocab // 2, hidden],
+        "attention.query_key_value.weight": [3 * hidden // 2, hidden],
+        "attention.query_key_value.bias": [3 * hidden // 2],
+        "attention.dense.weight": [hidden, hidden // 2],
+        "mlp.dense_h_to_4h.weight": [width // 2, hidden],
+        "mlp.dense_h_to_4h.bias": [width // 2],
+        "mlp.dense_4h_to_h.weight": [hidden, width // 2],
+    }
+    expected_shapes = {
+        name: next((shape for suffix, shape in half.items() if name.endswith(suffix)), list(value.shape))
+        for name, value in full.items()
+    }
+    whole_bytes = sum(v.numel() * 4 for v in full.values())
+    qkv = "glm.transformer.layers.0.attention.query_key_value.weight"
+    regrouped = tensor_parallel_layout({qkv: full[qkv]}, heads, 2)[qkv].chunk(2)
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert report["logits"] <= 1e-5, report["logits"]
+        assert report["fill_split"] == report["fill_plain"]
+        assert len({json.dumps(r) for r in report["fill_plain"]}) > 1  # fills that differ: a real check
+        assert report["local_shapes"] == expected_shapes
+        assert report["bytes_read"] == sum(4 * torch.Size(s).numel() for s in expected_shapes.values())
+        assert report["bytes_read"] < 0.6 * whole_bytes
+        assert torch.equal(torch.tensor(report["local_qkv"]), regrouped[rank])
+        assert report["cache_keys"] == [3, heads // 2, 12, hidden // heads]  # this rank's heads only
+        if golden.is_dir():
+            cases = json.loads((golden / "fill_cases.json").read_text())["cases"]
+            assert report["golden_fills"] == [case["fills"] for case in cases]
+            assert report["golden_logits"] <= 1e-5
+            assert report["generate_split"] == report["generate_plain"]
+
+
+@pytest.mark.slow
+def test_fill_tensor_parallel_through_torchrun_prints_once_what_one_process_prints(tmp_path, capsys):
+    """``torchrun -m torchglm.cli fill --tensor-parallel`` on the built-in model, texts on stdin (read by rank 0,
+    sent to rank 1): rank 0's output is the one-process output, once."""
+    import json
+
+    from torchglm.cli import main
+
+    texts = ["The [MASK] sat on the mat.", "Paris is the capital of [MASK].", "Once upon a time"]
+    assert main(["fill", "--max-new-tokens", "6", "--json", *texts]) == 0
+    expected = capsys.readouterr().out
+    assert len(expected.splitlines()) == 3
+    args = ["-m", "torchglm.cli", "fill", "--tensor-parallel", "--max-new-tokens", "6", "--json"]
+    result = _run_torchrun(args, input="\n".join(texts) + "\n")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "over 2 ranks" in result.stderr
+    ours, theirs = ([json.loads(line) for line in out.splitlines()] for out in (result.stdout, expected))
+    assert len(ours) == 3  # rank 1 printed nothing
+    for split, whole in zip(ours, theirs, strict=True):  # the same fills; scores summed in another order
+        scores = [blank.pop("score") for blank in split["blanks"]], [blank.pop("score") for blank in whole["blanks"]]
+        assert split == whole
+        assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_tensor_parallel_size_must_divide_heads_width_and_vocabulary(capsys, monkeypatch):
+    """Checked from config.json alone, before a process group or a weight: one line naming the limit, exit 2."""
+    import torch.distributed as dist
+
+    from torchglm import GLMConfig
+    from torchglm.cli import main
+    from torchglm.errors import InputError
+    from torchglm.train.parallel import check_tensor_parallel_size
+
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what torchrun --nproc-per-node 3 sets
+    assert main(["fill", "--tensor-parallel", "a [MASK]"]) == 2  # the built-in glm-tiny-en: 4 heads
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "torchglm fill: error: tensor-parallel size 3 does not divide the 4 attention heads"
+    ]
+    assert not dist.is_initialized()
+    config = GLMConfig(vocab_size=98, hidden_size=32, num_attention_heads=4, intermediate_size=90)
+    with pytest.raises(InputError, match=r"^tensor-parallel size 4 does not divide the 98 vocabulary entries"):
+        check_tensor_parallel_size(GLMConfig(vocab_size=98, hidden_size=32, num_attention_heads=4), 4)
+    with pytest.raises(InputError, match=r"^tensor-parallel size 4 does not divide the 90 MLP width"):
+        check_tensor_parallel_size(config, 4)
+    check_tensor_parallel_size(config, 2)  # 4 heads, 90 wide, 98 entries: all split in two
+
+
+def test_tensor_parallel_loading_names_a_mis_shaped_tensor_and_its_file(tmp_path):
+    """One gloo rank (a mesh of 1): the loaded model gives from_pretrained's logits exactly; a shard whose tensor
+    does not fit config.json is an error naming the file, the tensor and both shapes."""
+    import re
+
+    import torch.distributed as dist
+    from safetensors.torch import load_file, save_file
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from torchglm import GLMConfig, GLMForConditionalGeneration
+    from torchglm.errors import InputError
+    from torchglm.train.parallel import load_tensor_parallel
+
+    from .conftest import _free_port
+
+    config = GLMConfig(vocab_size=96, hidden_size=32, num_layers=2, num_attention_heads=4, max_sequence_length=32)
+    GLMForConditionalGeneration(config).save_pretrained(tmp_path / "tiny")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        ids = torch.randint(0, 96, (2, 9))
+        with torch.inference_mode():
+            whole = GLMForConditionalGeneration.from_pretrained(tmp_path / "tiny").eval()(ids).logits
+            assert torch.equal(load_tensor_parallel(tmp_path / "tiny", mesh)(ids).logits, whole)
+        weights = load_file(tmp_path / "tiny" / "model.safetensors")
+        name = "glm.transformer.layers.1.mlp.dense_4h_to_h.weight"
+        weights[name] = weights[name][:, :-1].contiguous()
+        save_file(weights, tmp_path / "tiny" / "model.safetensors", metadata={"format": "pt"})
+        expected = f"model.safetensors: tensor {name} has shape [32, 127], " + "{}config.json makes it [32, 128]"
+        with pytest.raises(InputError, match=re.escape(expected).replace("\\{\\}", ".*")):
+            load_tensor_parallel(tmp_path / "tiny", mesh)
+    finally:
+        dist.destroy_process_group()

@@ -27,6 +27,7 @@ from .scoring import (
     WindowSpan,
     check_seq_length,
     encode,
+    layout_name,
     score_final_blank,
     score_windows,
     window_spans,
@@ -133,7 +134,7 @@ class LambadaResult:
     """Per example: ``line``, ``nll`` (answer's summed negative log-likelihood), ``tokens``, ``correct``."""
 
     def summary(self) -> str:
-        mode = "unidirectional" if self.settings.get("unidirectional") else "bidirectional"
+        mode = self.settings.get("layout") or layout_name(self.settings.get("unidirectional", False))
         return f"LAMBADA ({mode}): accuracy {self.accuracy:.4f} ({self.correct}/{self.total})"
 
     def to_dict(self) -> dict:
@@ -147,12 +148,15 @@ def evaluate_lambada(
     *,
     seq_length: int | None = None,
     unidirectional: bool = False,
+    causal: bool = False,
     batch_size: int = 16,
     mask: str | None = None,
     progress: Progress | None = None,
 ) -> LambadaResult:
     """LAMBADA accuracy of ``model`` (eval mode) on ``examples``; ``seq_length`` defaults to the model's positions
-    (longer contexts lose tokens from the left)."""
+    (longer contexts lose tokens from the left). ``causal``: the causal-LM layout (``[CLS] context answer`` left to
+    right), for models pretrained with the ``clm`` objective."""
+    layout = layout_name(unidirectional, causal)
     seq_length = check_seq_length(seq_length, model)
     ids = PromptIds.from_tokenizer(tokenizer, mask)
     scores = score_final_blank(
@@ -162,6 +166,7 @@ def evaluate_lambada(
         [[e.answer_ids] for e in examples],
         seq_length=seq_length,
         unidirectional=unidirectional,
+        causal=causal,
         batch_size=batch_size,
         progress=progress,
     )
@@ -170,7 +175,7 @@ def evaluate_lambada(
         for e, [s] in zip(examples, scores, strict=True)
     ]
     correct = sum(r["correct"] for r in rows)
-    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "mask_id": ids.mask}
+    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "layout": layout, "mask_id": ids.mask}
     return LambadaResult(correct / max(len(rows), 1), correct, len(rows), settings, rows)
 
 
@@ -289,7 +294,7 @@ class PerplexityResult:
     """Per window: ``start`` (token index), ``nll``, ``tokens`` (scored)."""
 
     def summary(self) -> str:
-        mode = "unidirectional" if self.settings.get("unidirectional") else "bidirectional"
+        mode = self.settings.get("layout") or layout_name(self.settings.get("unidirectional", False))
         return (
             f"perplexity ({mode}): {self.ppl:.4f} per token, {self.adjusted_ppl:.4f} per word; total NLL "
             f"{self.total_nll:.4f} over {self.scored_tokens} scored tokens ({self.num_tokens} tokens, {self.num_words} "
@@ -320,13 +325,16 @@ def evaluate_perplexity(
     seq_length: int | None = None,
     overlap: int = 256,
     unidirectional: bool = False,
+    causal: bool = False,
     batch_size: int = 16,
     mask: str | None = None,
     tokens: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` (eval mode) on ``text`` (tokenized whole, or ``tokens`` given). ``overlap``: tokens
-    each window after the first scores (at most ``seq_length - 2``)."""
+    each window after the first scores (at most ``seq_length - 2``). ``causal``: windows read left to right as a
+    causal LM (``[CLS] window``), for models pretrained with the ``clm`` objective."""
+    layout = layout_name(unidirectional, causal)
     if isinstance(text, str):
         text = PerplexityText(text, len(text.split()))
     seq_length = check_seq_length(seq_length, model)
@@ -336,14 +344,18 @@ def evaluate_perplexity(
         raise InputError(f"{text.source or 'the text'}: {len(tokens)} token(s); perplexity needs at least 2")
     spans = perplexity_windows(len(tokens), seq_length, overlap)
     scores = score_windows(
-        model, ids, tokens, spans, unidirectional=unidirectional, batch_size=batch_size, progress=progress
-    )
+        model, ids, tokens, spans, unidirectional=unidirectional, causal=causal, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
     windows = [
         {"start": s.start, "nll": -c.log_prob, "tokens": c.num_tokens} for s, c in zip(spans, scores, strict=True)
     ]
     total = sum(w["nll"] for w in windows)
     scored = sum(w["tokens"] for w in windows)
-    settings = {"seq_length": seq_length, "overlap": overlap, "unidirectional": unidirectional, "mask_id": ids.mask}
+    settings = {
+        "seq_length": seq_length, "overlap": overlap, "unidirectional": unidirectional, "layout": layout,
+        "mask_id": ids.mask,
+    }  # fmt: skip
     return PerplexityResult(
         _exp(total / (len(tokens) - 1)),
         _exp(total / max(text.num_words - 1, 1)),

@@ -16,7 +16,7 @@ from pathlib import Path
 from torchglm.errors import InputError
 
 from .language_model import read_jsonl, text_field
-from .scoring import Progress, PromptIds, check_seq_length, encode, score_final_blank
+from .scoring import Progress, PromptIds, check_seq_length, encode, layout_name, score_final_blank
 
 FORMATS = (("inputs_pretokenized", "choices_pretokenized"), ("context", "choices"))
 
@@ -78,14 +78,20 @@ def evaluate_multiple_choice(
     length_normalize: bool = False,
     seq_length: int | None = None,
     unidirectional: bool = False,
+    causal: bool = False,
     batch_size: int = 16,
     mask: str | None = None,
     progress: Progress | None = None,
 ) -> MultipleChoiceResult:
     """Pick the best-scoring choice of each example; accuracy over the labelled ones. ``progress`` counts choices."""
+    layout = layout_name(unidirectional, causal)
     seq_length = check_seq_length(seq_length, model)
     ids = PromptIds.from_tokenizer(tokenizer, mask)
     contexts = [encode(tokenizer, e.context) for e in examples]
+    if causal:
+        for e, context in zip(examples, contexts, strict=True):
+            if not context:
+                raise InputError(f"line {e.line}: an empty context; the causal layout needs one token before a choice")
     answers = []
     for e in examples:
         tokenized = [encode(tokenizer, c) for c in e.choices]
@@ -95,7 +101,7 @@ def evaluate_multiple_choice(
         answers.append(tokenized)
     scores = score_final_blank(
         model, ids, contexts, answers, seq_length=seq_length, unidirectional=unidirectional,
-        batch_size=batch_size, progress=progress,
+        causal=causal, batch_size=batch_size, progress=progress,
     )  # fmt: skip
     rows, correct, labelled = [], 0, 0
     for e, per_choice in zip(examples, scores, strict=True):
@@ -108,6 +114,6 @@ def evaluate_multiple_choice(
             row["correct"] = prediction == e.label
             correct += row["correct"]
         rows.append(row)
-    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "length_normalize": length_normalize,
-                "mask_id": ids.mask}  # fmt: skip
+    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "layout": layout,
+                "length_normalize": length_normalize, "mask_id": ids.mask}  # fmt: skip
     return MultipleChoiceResult(correct / labelled if labelled else None, correct, len(rows), settings, rows)

@@ -6,11 +6,17 @@ blank's position, block positions ``1..n``. Unidirectionally (the original's ``-
 ``[CLS] c0 [M] [eos]`` and the rest of the context goes into the block too, unscored, so the model reads it left
 to right.
 
+**Causal** (``causal=True``, for models pretrained with the ``clm`` objective: a GPT of GLM's shape): the text is
+read left to right as the causal-LM pretraining builder lays it out, ``[CLS] context answer`` at positions
+``0, 1, ...`` with block positions 0 and no bidirectional part. Part A is ``[CLS]`` alone (a one-token part A
+attends exactly as ``sep = 0`` does) and the rest is one block whose every token predicts the next; no ``[M]``.
+
 **Windows over a long text** (perplexity, lm-eval's ``loglikelihood_rolling``): windows of ``window`` tokens, the
 k-th starting at ``k * stride``; each scores only the tokens no earlier window scored (the last ``stride``, the
 first window all but its first token), so every token after the first is scored exactly once, seeing up to
 ``window - stride`` tokens before it. Bidirectionally the unscored tokens are part A ``[CLS] tokens [M]``;
-unidirectionally part A is the window's first token and the rest are unscored block tokens.
+unidirectionally part A is the window's first token and the rest are unscored block tokens; causally part A is
+``[CLS]`` and the whole window is one left-to-right block.
 
 [M] is ``[gMASK]`` when the tokenizer has task masks (models pretrained with them), ``[MASK]`` otherwise.
 """
@@ -64,6 +70,13 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
 
+def layout_name(unidirectional: bool = False, causal: bool = False) -> str:
+    """The scoring layout's name in results and summaries."""
+    if unidirectional and causal:
+        raise InputError("--unidirectional and --causal: choose one layout")
+    return "causal" if causal else "unidirectional" if unidirectional else "bidirectional"
+
+
 def model_positions(model) -> int:
     return int(model.config.max_sequence_length)
 
@@ -84,12 +97,21 @@ def check_seq_length(seq_length: int | None, model) -> int:
 
 
 def final_blank_inputs(
-    context: Sequence[int], answer: Sequence[int], ids: PromptIds, *, unidirectional: bool = False
+    context: Sequence[int],
+    answer: Sequence[int],
+    ids: PromptIds,
+    *,
+    unidirectional: bool = False,
+    causal: bool = False,
 ) -> tuple[list[int], Block]:
     """Part A and the scored block for ``answer`` after ``context`` (ids without [CLS])."""
     context, answer = list(context), list(answer)
     if not answer:
         raise ValueError("an empty answer has nothing to score")
+    if causal:
+        if not context:
+            raise ValueError("causal scoring needs at least one context token before the answer")
+        return causal_inputs([*context, *answer], len(context), ids)
     if not unidirectional:
         part_a = [ids.cls, *context, ids.mask, ids.eos]
         return part_a, Block.span(ids.sop, answer, position=len(part_a) - 2)
@@ -98,6 +120,17 @@ def final_blank_inputs(
     tokens = rest + answer
     labels = [-100] * len(rest) + answer
     return part_a, Block([ids.sop, *tokens[:-1]], len(part_a) - 2, 1, labels)
+
+
+def causal_inputs(tokens: Sequence[int], first_scored: int, ids: PromptIds) -> tuple[list[int], Block]:
+    """``[CLS] tokens`` left to right, ``tokens[first_scored:]`` scored (``first_scored >= 1``: each token is
+    predicted by the one before it, and ``[CLS]`` in part A predicts nothing)."""
+    tokens = list(tokens)
+    if not 1 <= first_scored < len(tokens):
+        raise ValueError(f"causal scoring of tokens {first_scored}.. of {len(tokens)}: nothing to score")
+    n = len(tokens) - 1
+    labels = [-100] * (first_scored - 1) + tokens[first_scored:]
+    return [ids.cls], Block(tokens[:-1], list(range(1, n + 1)), [0] * n, labels)
 
 
 def fit_context(context: Sequence[int], longest_answer: int, seq_length: int) -> list[int]:
@@ -119,6 +152,7 @@ def score_final_blank(
     *,
     seq_length: int,
     unidirectional: bool = False,
+    causal: bool = False,
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> list[list[ContinuationScore]]:
@@ -129,8 +163,10 @@ def score_final_blank(
     owners: list[int] = []
     for owner, (context, choices) in enumerate(zip(contexts, answers, strict=True)):
         fitted = fit_context(context, max(len(a) for a in choices), seq_length)
-        laid = [final_blank_inputs(fitted, answer, ids, unidirectional=unidirectional) for answer in choices]
-        if unidirectional:  # the context lives in each answer's block: each answer is a row of its own
+        laid = [
+            final_blank_inputs(fitted, answer, ids, unidirectional=unidirectional, causal=causal) for answer in choices
+        ]
+        if unidirectional or causal:  # the context lives in each answer's block: each answer is a row of its own
             rows += [(part_a, [block]) for part_a, block in laid]
             owners += [owner] * len(laid)
         else:
@@ -225,11 +261,15 @@ def window_spans(num_tokens: int, window: int, stride: int, *, score_first: bool
 
 
 def window_inputs(
-    tokens: Sequence[int], span: WindowSpan, ids: PromptIds, *, unidirectional: bool = False
+    tokens: Sequence[int], span: WindowSpan, ids: PromptIds, *, unidirectional: bool = False, causal: bool = False
 ) -> tuple[list[int], Block]:
     """Part A and the scored block of one window."""
     window = list(tokens[span.start : span.end])
     seen = span.first_scored - span.start  # tokens of the window before the scored ones
+    if causal:
+        if seen == 0:
+            raise InputError("causal scoring cannot score a text's first token (nothing comes before it)")
+        return causal_inputs(window, seen, ids)
     if not unidirectional or seen == 0:
         part_a = [ids.cls, *window[:seen], ids.mask]
         return part_a, Block.span(ids.sop, window[seen:], position=len(part_a) - 1)
@@ -246,12 +286,13 @@ def score_windows(
     spans: Sequence[WindowSpan],
     *,
     unidirectional: bool = False,
+    causal: bool = False,
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> list[ContinuationScore]:
     """Each window's score (``batch_size`` windows at a time)."""
     rows = []
     for span in spans:
-        part_a, block = window_inputs(tokens, span, ids, unidirectional=unidirectional)
+        part_a, block = window_inputs(tokens, span, ids, unidirectional=unidirectional, causal=causal)
         rows.append((part_a, [block]))
     return [s for [s] in score_rows(model, rows, pad_id=ids.pad, batch_size=batch_size, progress=progress)]

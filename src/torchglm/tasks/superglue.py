@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +95,20 @@ def _label(task, path, number, record, convert):
     return label
 
 
-def read_examples(task: str, path: str | Path, split: str = "dev") -> list[ClozeExample]:
+def read_examples(task: str, path: str | Path, split: str = "dev", *, wsc_negative: bool = False) -> list[ClozeExample]:
     """A task's examples from its SuperGLUE jsonl file, ``split`` ("train", "dev", "test") naming the guids and
-    choosing the training-only rules; ordered by number of choices (stable), as the original orders them."""
+    choosing the training-only rules; ordered by number of choices (stable), as the original orders them.
+    ``wsc_negative``: WSC examples without a ``candidates`` field get noun phrases of their text as negatives
+    (:func:`torchglm.tasks.noun_phrases.wsc_negatives`; the original's ``--wsc-negative`` data carried them)."""
     if task not in TASKS:
         raise InputError(f"SuperGLUE task {task!r} is not one of {', '.join(TASKS)}")
     records = read_jsonl(path)
     if not records:
         raise InputError(f"{path}: no examples (an empty split)")
-    examples = _READERS[task](path, records, split)
+    if task == "wsc":
+        examples = _read_wsc(path, records, split, wsc_negative)
+    else:
+        examples = _READERS[task](path, records, split)
     examples.sort(key=lambda e: e.num_choices)
     return examples
 
@@ -177,7 +182,7 @@ def _read_copa(path, records, split):
     return out
 
 
-def _read_wsc(path, records, split):
+def _read_wsc(path, records, split, extract_negatives: bool = False):
     out = []
     for number, record in records:
         idx = record.get("idx")
@@ -209,13 +214,18 @@ def _read_wsc(path, records, split):
         if split == "train" and label != "True":
             continue  # the cloze recipe trains on the true referents (their candidates are the negatives)
         guid, text = f"{split}-{idx}", " ".join(words)
+        extracted = extract_negatives and "candidates" not in record
+        if extracted:
+            from .noun_phrases import wsc_negatives
+
+            candidates = wsc_negatives(text, span1_text)
         if split == "train" and len(candidates) > 9:
             for first in range(0, len(candidates), 9):
                 chunk = candidates[first : first + 9]
                 chunk += candidates[: 9 - len(chunk)]
                 out.append(ClozeExample(guid, text, None, label, {**meta, "candidates": chunk}, idx))
         else:
-            if "candidates" in record:
+            if "candidates" in record or extracted:
                 meta["candidates"] = candidates
             out.append(ClozeExample(guid, text, None, label, meta, idx))
     return out
@@ -264,6 +274,39 @@ _READERS = {
 }
 
 
+@dataclass(frozen=True)
+class ExternalTask:
+    """A cloze task of another module (``tasks/clue.py``) served by this one's layout, scoring, training and
+    metrics: its rows of the tables above and the functions that stand in for this module's per-task branches."""
+
+    labels: list
+    default_pattern: int
+    patterns: int
+    seq_length: int
+    read: Callable  # (path, records, split) -> list[ClozeExample]
+    pattern_parts: Callable  # (example, pattern_id) -> (parts_a, parts_b)
+    task_file: Callable  # (data folder or None, split) -> Path
+    submission_rows: Callable  # (examples, predictions) -> list[dict]
+    submission_file: str
+    verbalizer: Callable | None = None  # (pattern_id, label) -> str, for a single-token task
+    answers: Callable | None = None  # (example) -> list[str], for a multi-token task
+
+
+EXTERNAL_TASKS: dict[str, ExternalTask] = {}
+
+
+def register_task(name: str, task: ExternalTask) -> None:
+    """Add a task to the table: ``TASKS`` (so the CLI's choices and the finetuning planner) and the dicts above."""
+    global TASKS
+    if name not in TASKS:
+        TASKS = (*TASKS, name)
+    LABELS[name], DEFAULT_PATTERN[name], PATTERNS[name] = task.labels, task.default_pattern, task.patterns
+    SEQ_LENGTH[name], _READERS[name] = task.seq_length, task.read
+    if task.answers is not None:
+        MULTI_TOKEN.add(name)
+    EXTERNAL_TASKS[name] = task
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Patterns and verbalizers
 
@@ -289,6 +332,8 @@ def pattern_parts(task: str, example: ClozeExample, pattern_id: int):
     """``(parts_a, parts_b)``: the pattern's pieces, each a string, ``(string, shortenable)`` or :data:`MASK`."""
     if not 0 <= pattern_id < PATTERNS[task]:
         raise InputError(f"{task} has no pattern {pattern_id} (its patterns: 0..{PATTERNS[task] - 1})")
+    if task in EXTERNAL_TASKS:
+        return EXTERNAL_TASKS[task].pattern_parts(example, pattern_id)
     e, p = example, pattern_id
     if task in ("rte", "cb"):
         if task == "cb" and p == 4:
@@ -357,6 +402,8 @@ def pattern_parts(task: str, example: ClozeExample, pattern_id: int):
 
 def verbalizer(task: str, pattern_id: int, label) -> str:
     """The word that fills the blank for ``label`` (single-token tasks)."""
+    if getattr(EXTERNAL_TASKS.get(task), "verbalizer", None) is not None:
+        return EXTERNAL_TASKS[task].verbalizer(pattern_id, label)
     if task in ("rte", "cb") and pattern_id == 4:
         return {"entailment": " true", "contradiction": " false", "not_entailment": " false"}.get(label, " neither")
     if task == "rte":
@@ -379,6 +426,8 @@ def verbalizer(task: str, pattern_id: int, label) -> str:
 
 def answers(task: str, example: ClozeExample) -> list[str]:
     """The texts each choice fills the blank with (multi-token tasks), the correct one at the label's index."""
+    if getattr(EXTERNAL_TASKS.get(task), "answers", None) is not None:
+        return EXTERNAL_TASKS[task].answers(example)
     if task == "copa":
         return [" " + _strip_punct(_lower_first(example.meta[k])) for k in ("choice1", "choice2")]
     if task == "wsc":
@@ -415,6 +464,8 @@ def _encode_parts(tokenizer, parts, mask_id: int) -> list[tuple[list[int], bool]
     for part in parts:
         if part is MASK:
             out.append(([mask_id], False))
+        elif isinstance(part, list):  # ids as they are: P-tuning's prompt slots (tasks.prompts)
+            out.append((list(part), False))
         elif isinstance(part, tuple):
             out.append((encode(tokenizer, part[0]), part[1]))
         else:
@@ -447,12 +498,15 @@ def _part_a(tokenizer, parts_a, parts_b, seq_length: int, mask_id: int) -> tuple
 
 
 def cloze_input(tokenizer, task: str, example: ClozeExample, pattern_id: int | None = None,
-                seq_length: int | None = None) -> ClozeInput:  # fmt: skip
-    """Lay an example out with a pattern (default: the task's) at a sequence length (default: the task's)."""
+                seq_length: int | None = None, prompt=None) -> ClozeInput:  # fmt: skip
+    """Lay an example out with a pattern (default: the task's) at a sequence length (default: the task's);
+    ``prompt`` (a ``tasks.prompts.PromptLayout``): P-tuning's placeholder ids at the pattern's prompt slots."""
     pattern_id = DEFAULT_PATTERN[task] if pattern_id is None else pattern_id
     seq_length = SEQ_LENGTH[task] if seq_length is None else seq_length
     mask_id = tokenizer.mask_token_id
     raw_a, raw_b = pattern_parts(task, example, pattern_id)
+    if prompt is not None:
+        raw_a, raw_b = prompt.parts(task, pattern_id, raw_a, raw_b)
     label = LABELS[task].index(example.label) if example.label is not None else 0
     if task not in MULTI_TOKEN:
         parts_a, parts_b = _encode_parts(tokenizer, raw_a, mask_id), _encode_parts(tokenizer, raw_b, mask_id)
@@ -507,10 +561,12 @@ def fixed_length_arrays(cloze: ClozeInput, seq_length: int, pad_id: int, sop_id:
             "target": [r[3] for r in rows], "logit_mask": [r[4] for r in rows], "label": cloze.label}  # fmt: skip
 
 
-def task_file(data: str | Path, task: str, split: str) -> Path:
+def task_file(data: str | Path | None, task: str, split: str) -> Path:
     """``DATA/RTE/val.jsonl`` and the like: a task's split in the official SuperGLUE folder layout (``split``:
-    train, val, test, dev32)."""
-    folder = Path(data)
+    train, val, test, dev32; ``data`` None: ../shared/data/superglue); CLUE tasks: ``clue.task_file``."""
+    if task in EXTERNAL_TASKS:
+        return EXTERNAL_TASKS[task].task_file(data, split)
+    folder = Path("../shared/data/superglue" if data is None else data)
     if (folder / TASK_FOLDERS[task]).is_dir():
         folder = folder / TASK_FOLDERS[task]
     path = folder / f"{split}.jsonl"
@@ -520,8 +576,8 @@ def task_file(data: str | Path, task: str, split: str) -> Path:
 
 
 def build_inputs(tokenizer, task: str, examples: Sequence[ClozeExample], pattern_id: int | None = None,
-                 seq_length: int | None = None) -> list[ClozeInput]:  # fmt: skip
-    return [cloze_input(tokenizer, task, e, pattern_id, seq_length) for e in examples]
+                 seq_length: int | None = None, prompt=None) -> list[ClozeInput]:  # fmt: skip
+    return [cloze_input(tokenizer, task, e, pattern_id, seq_length, prompt) for e in examples]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -642,6 +698,8 @@ def metrics(task: str, examples: Sequence[ClozeExample], predictions: Sequence[i
 def submission_rows(task: str, examples: Sequence[ClozeExample], predictions: Sequence[int]) -> list[dict]:
     """The SuperGLUE submission lines (``RTE.jsonl``: ``{"idx", "label"}``; MultiRC nested by passage and question;
     ReCoRD the chosen entity), as the original writes them."""
+    if task in EXTERNAL_TASKS:
+        return EXTERNAL_TASKS[task].submission_rows(examples, predictions)
     if task == "record":
         return [{"idx": e.idx, "label": e.meta["candidates"][p]} for e, p in zip(examples, predictions, strict=True)]
     if task == "multirc":
@@ -654,6 +712,11 @@ def submission_rows(task: str, examples: Sequence[ClozeExample], predictions: Se
             for pid, questions in passages.items()
         ]
     return [{"idx": e.idx, "label": LABELS[task][p]} for e, p in zip(examples, predictions, strict=True)]
+
+
+def submission_file(task: str) -> str:
+    """The name of the task's submission file: ``RTE.jsonl`` and the like (CLUE: ``afqmc_predict.json``)."""
+    return EXTERNAL_TASKS[task].submission_file if task in EXTERNAL_TASKS else TASK_FOLDERS[task] + ".jsonl"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -679,13 +742,18 @@ class SuperGlueResult:
 def evaluate_superglue(model, tokenizer, task: str, examples: Sequence[ClozeExample], *,
                        pattern_id: int | None = None, seq_length: int | None = None, length_penalty: float = 0.0,
                        batch_size: int = 16, progress=None) -> SuperGlueResult:  # fmt: skip
-    """Score every example's labels or choices (:func:`score_inputs`) and compute the task's official metrics."""
+    """Score every example's labels or choices (:func:`score_inputs`) and compute the task's official metrics; a
+    model with a P-tuning prompt encoder attached gets its prompt slots."""
+    from .prompts import prompt_layout
+
     pattern_id = DEFAULT_PATTERN[task] if pattern_id is None else pattern_id
     seq_length = min(SEQ_LENGTH[task] if seq_length is None else seq_length, int(model.config.max_sequence_length))
-    inputs = build_inputs(tokenizer, task, examples, pattern_id, seq_length)
+    inputs = build_inputs(tokenizer, task, examples, pattern_id, seq_length, prompt_layout(model))
     scored = score_inputs(model, tokenizer, inputs, length_penalty=length_penalty, batch_size=batch_size,
                           progress=progress)  # fmt: skip
     predictions = [s.prediction for s in scored]
+    if task == "wsc":  # choice 0 is the example's referent: "True" when it outscores every negative, as the original
+        predictions = [LABELS["wsc"].index("True") if p == 0 else LABELS["wsc"].index("False") for p in predictions]
     labelled = all(e.label is not None for e in examples)
     found = metrics(task, examples, predictions) if labelled else {}
     return SuperGlueResult(task, pattern_id, len(examples), found, predictions)
@@ -734,9 +802,36 @@ def collate_cloze(items: Sequence[ClozeInput], pad_id: int, sop_id: int) -> dict
     return batch
 
 
+CLOZE_LOSSES = ("cross_entropy", "hinge", "generative", "mix")
+
+
+def cloze_loss_terms(scores, gold, loss: str = "cross_entropy", margin: float = 1.0):
+    """Each example's loss from its choices' scores ``[B, C]`` (``-inf`` where an example has fewer choices) and the
+    gold choice ``[B]``, as the original's ``--loss-func``: ``cross_entropy`` over the choices; ``hinge``, the sum of
+    ``max(0, margin + s_j - s_gold)`` over the wrong choices (the original's margin is 1); ``generative``, ``-s_gold``
+    (the LM loss of the correct answer alone); ``mix``, cross-entropy + generative."""
+    import torch.nn.functional as F
+
+    if loss not in CLOZE_LOSSES:
+        raise ValueError(f"cloze loss {loss!r} is not one of {CLOZE_LOSSES}")
+    gold_score = scores.gather(1, gold[:, None]).squeeze(1)
+    if loss == "hinge":
+        return (margin + scores - gold_score[:, None]).clamp(min=0).sum(dim=1) - margin  # the gold term is margin
+    cross_entropy = F.cross_entropy(scores, gold, reduction="none")
+    if loss == "cross_entropy":
+        return cross_entropy
+    return -gold_score if loss == "generative" else cross_entropy - gold_score
+
+
 class ClozeLoss:
-    """Cross-entropy over the labels' verbalizer logits at the blank (single-token) or over the choices' summed
-    answer log-probabilities (multi-token): the original's ``cross_entropy`` loss, summed per example."""
+    """The cloze objective, summed per example: the scores are the labels' verbalizer log-probabilities at the blank
+    (single-token) or the choices' summed answer log-probabilities, over tokens ** ``length_penalty`` (multi-token);
+    :func:`cloze_loss_terms` turns them into the ``loss`` chosen (the original's ``--loss-func``)."""
+
+    def __init__(self, loss: str = "cross_entropy", length_penalty: float = 0.0, margin: float = 1.0):
+        if loss not in CLOZE_LOSSES:
+            raise ValueError(f"cloze loss {loss!r} is not one of {CLOZE_LOSSES}")
+        self.loss, self.length_penalty, self.margin = loss, length_penalty, margin
 
     def count(self, batch) -> int:
         return int(batch["cloze_label"].numel())
@@ -751,17 +846,21 @@ class ClozeLoss:
         labels = batch["labels"]
         targets = labels != -100
         logits = model(**model_inputs(batch), predict_at=targets, use_cache=False).logits.float()  # [N, V]
+        log_probs = F.log_softmax(logits, dim=-1)
         gold = batch["cloze_label"]
         if "verbalizers" in batch:  # one labelled position per row, one row per example
-            scores = logits.gather(1, batch["verbalizers"])
+            scores = log_probs.gather(1, batch["verbalizers"])  # the original's raw logits, shifted per row
         else:
-            token = F.log_softmax(logits, dim=-1).gather(1, labels[targets][:, None]).squeeze(1)
+            token = log_probs.gather(1, labels[targets][:, None]).squeeze(1)
             rows = targets.nonzero()[:, 0]
             per_row = torch.zeros(labels.shape[0], device=token.device).index_add(0, rows, token)
+            if self.length_penalty:
+                lengths = torch.zeros(labels.shape[0], device=token.device).index_add(0, rows, torch.ones_like(token))
+                per_row = per_row / lengths.clamp(min=1) ** self.length_penalty
             choices = int(batch["row_choice"].max()) + 1
             scores = torch.full((gold.numel(), choices), float("-inf"), device=token.device)
             scores = scores.index_put((batch["row_example"], batch["row_choice"]), per_row)
-        loss = F.cross_entropy(scores, gold, reduction="sum")
+        loss = cloze_loss_terms(scores, gold, self.loss, self.margin).sum()
         correct = (scores.argmax(dim=-1) == gold).float().sum().detach()
         return LossSums(total=loss, count=gold.numel(), tokens=labels.numel(),
                         parts={"accuracy": (correct, torch.tensor(float(gold.numel())))})  # fmt: skip
@@ -809,14 +908,19 @@ def collate_classifier(items: Sequence[ClassifierInput], pad_id: int) -> dict:
 
 
 class ClassifierLoss:
-    """Cross-entropy of ``GLMForSequenceClassification``'s logits, summed per example."""
+    """Cross-entropy (or the hinge loss, ``loss="hinge"``) of ``GLMForSequenceClassification``'s logits, summed per
+    example."""
+
+    def __init__(self, loss: str = "cross_entropy"):
+        if loss not in ("cross_entropy", "hinge"):
+            raise ValueError(f"the classification head trains with cross_entropy or hinge, not {loss!r}")
+        self.loss = loss
 
     def count(self, batch) -> int:
         return int(batch["cloze_label"].numel())
 
     def __call__(self, model, batch):
         import torch
-        import torch.nn.functional as F
 
         from torchglm.layout import model_inputs
         from torchglm.losses import LossSums
@@ -824,7 +928,7 @@ class ClassifierLoss:
         logits = model(**model_inputs(batch)).logits.float()
         gold = batch["cloze_label"]
         correct = (logits.argmax(dim=-1) == gold).float().sum().detach()
-        return LossSums(total=F.cross_entropy(logits, gold, reduction="sum"), count=gold.numel(),
+        return LossSums(total=cloze_loss_terms(logits, gold, self.loss).sum(), count=gold.numel(),
                         tokens=batch["input_ids"].numel(),
                         parts={"accuracy": (correct, torch.tensor(float(gold.numel())))})  # fmt: skip
 
@@ -845,3 +949,7 @@ def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[ClozeExa
             predictions += model(**inputs).logits.argmax(dim=-1).tolist()
     found = metrics(task, examples, predictions) if all(e.label is not None for e in examples) else {}
     return SuperGlueResult(task, -1, len(examples), found, predictions)
+
+
+# The CLUE tasks (AFQMC, TNEWS, CLUEWSC) join the task table above: importing this module registers them.
+from . import clue as _clue  # noqa: E402, F401

@@ -26,6 +26,12 @@ RELEASED_CLASSES = {
     "chinese": "GLMChineseTokenizer",
 }
 
+# What transformers' Auto classes pass to ``from_pretrained`` besides the folder (hub revision, cache, tracing).
+_LOADER_KEYWORDS = (
+    "_from_auto", "_commit_hash", "revision", "trust_remote_code", "local_files_only", "cache_dir", "token",
+    "force_download", "proxies", "use_fast", "code_revision",
+)  # fmt: skip
+
 
 class GLMTokenizer:
     """A GLM tokenizer: the base vocabulary of one of four families plus GLM's command tokens.
@@ -55,9 +61,15 @@ class GLMTokenizer:
         ``GLMGPT2Tokenizer``, ``GLMRobertaTokenizer`` or ``GLMChineseTokenizer``) or one saved by
         ``save_pretrained``. ``kind`` (``bert``, ``gpt2``, ``roberta``, ``chinese``, ``chinese-legacy``)
         overrides the detection; ``options`` (``add_task_mask``, ``add_decoder_mask``, ``do_lower_case``,
-        ``legacy_gmask``, ``model_max_length``) override the folder's config."""
+        ``legacy_gmask``, ``model_max_length``) override the folder's config. ``AutoTokenizer`` comes here too
+        (``tokenization/auto.py``); its hub keywords mean nothing for a local folder and are dropped."""
         from .loading import load_folder
 
+        for key in _LOADER_KEYWORDS:
+            options.pop(key, None)
+        if options.get("subfolder"):
+            folder = Path(folder) / options.pop("subfolder")
+        options.pop("subfolder", None)
         return load_folder(folder, kind=kind, **options)
 
     @classmethod

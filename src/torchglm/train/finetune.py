@@ -141,9 +141,10 @@ class Seq2SeqJob:
 @dataclass(config=_STRICT)
 class ClozeTaskConfig:
     name: str = "rte"
-    """The SuperGLUE task: rte, cb, boolq, wic, multirc, copa, wsc, record."""
-    data: str = "../shared/data/superglue"
-    """The SuperGLUE folder (RTE/train.jsonl, ...) or the task's own folder."""
+    """The SuperGLUE task: rte, cb, boolq, wic, multirc, copa, wsc, record; or CLUE's: afqmc, tnews, cluewsc."""
+    data: str | None = None
+    """The SuperGLUE folder (RTE/train.jsonl, ...), the CLUE folder (tnews/train_few_all.json, ...) or the task's
+    own (null: ../shared/data/superglue for SuperGLUE tasks, ../shared/data/clue for CLUE's)."""
     train_split: str = "train"
     """The training file's name: train (FewGLUE's 32), train_full (where the folder has it), ..."""
     dev_split: str = "val"
@@ -164,7 +165,15 @@ class ClozeTaskConfig:
     best_metric: str | None = None
     """The dev metric that picks best/ (null: the task's first: accuracy, f1a, f1)."""
     length_penalty: float = 0.0
-    """Multi-token scoring: summed answer log-probability / tokens ** this."""
+    """Multi-token scoring: summed answer log-probability / tokens ** this (in training too, as the original)."""
+    loss: Literal["cross_entropy", "hinge", "generative", "mix"] = "cross_entropy"
+    """The original's --loss-func: cross_entropy over the choices, hinge (margin 1), generative (the LM loss of the
+    correct answer alone) or mix (cross_entropy + generative)."""
+    wsc_negative: bool = False
+    """WSC: score the referent against noun phrases of the text (the original's --wsc-negative), in training and on
+    the dev set, where the data has no candidates field."""
+    early_stop_patience: Annotated[int, Field(ge=0)] = 0
+    """Stop after this many evaluations in a row without a better best_metric (0: never stop early)."""
     head: Literal["cloze", "classifier"] = "cloze"
     """cloze: fill the pattern's blank (the original's default); classifier: a new head on a pooled token over
     ``[CLS] A [SEP] B [eos]`` (GLMForSequenceClassification; single-sequence tasks)."""
@@ -177,6 +186,19 @@ class ClozeTaskConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h",
                                                                "dense_4h_to_h"])  # fmt: skip
     """The linear layers that get adapters (names inside each transformer block)."""
+    continuous_prompt: bool = False
+    """P-tuning: learned prompt tokens at the pattern's prompt slots (the original's --continuous-prompt)."""
+    num_prompt_tokens: Positive = 3
+    """Prompt tokens in all, spread over the pattern's slots (ceil(n / slots) each, in order), as the original."""
+    prompt_encoder: Literal["lstm", "mlp", "none"] = "lstm"
+    """What computes the prompt embeddings from learned ones: a bidirectional LSTM + MLP, an MLP, or nothing."""
+    prompt_init: bool = False
+    """Start the prompt embeddings from word embeddings mixed with the verbalizers' (the original's --prompt-init)."""
+    freeze_backbone: bool = False
+    """Train only the prompt encoder and the first tune_prefix_layers layers (the original's --freeze-transformer);
+    best/ and final/ then hold only the trained tensors (trainable.safetensors + trainable.json)."""
+    tune_prefix_layers: Annotated[int, Field(ge=0)] = 0
+    """With freeze_backbone: the first N transformer layers still train (the original's --tune-prefix-layers)."""
 
 
 def _cloze_train() -> TrainConfig:
@@ -274,6 +296,10 @@ class Family:
     """The model trained (None: GLMForConditionalGeneration)."""
     lora: Any = None
     """A ``peft.LoraConfig``: train adapters only (one process)."""
+    prepare_model: Any = None
+    """``prepare_model(model)`` before the trainer is built (P-tuning: attach the prompt encoder, freeze)."""
+    save_model: Any = None
+    """``save_model(model, folder)`` for best/ and final/ in place of a ``from_pretrained`` folder (one process)."""
 
 
 @dataclasses.dataclass
@@ -330,6 +356,8 @@ def _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_sam
         steps = max(1, round(spec.task.epochs * (len(train_samples) // batch)))
     if family.lora is not None and world_size > 1:
         raise ConfigError("task.lora_rank: LoRA runs in one process here (FSDP2 over a PEFT model is not wired yet)")
+    if family.prepare_model is not None and world_size > 1:
+        raise ConfigError("task.continuous_prompt / task.freeze_backbone run in one process here")
     job = spec.as_job(steps)
     every = getattr(spec.task, "eval_epochs", None)
     if every is not None:
@@ -398,13 +426,22 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
     if pattern >= superglue.PATTERNS[t.name]:
         raise ConfigError(f"task.pattern_id: {t.name} has no pattern {pattern} (its patterns: "
                           f"0..{superglue.PATTERNS[t.name] - 1})")  # fmt: skip
+    if t.wsc_negative and t.name != "wsc":
+        raise ConfigError(f"task.wsc_negative: WSC's negative candidates, not for {t.name}")
+    if t.head == "classifier" and t.loss in ("generative", "mix"):
+        raise ConfigError(f"task.loss {t.loss}: an LM loss of the answer, for the cloze head only (the classification "
+                          "head trains with cross_entropy or hinge)")  # fmt: skip
     length = min(t.seq_length or superglue.SEQ_LENGTH[t.name], int(config.max_sequence_length))
     train_split = {"train": "train", "train_full": "train"}.get(t.train_split, "train")
-    train_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.train_split), train_split)
-    dev_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.dev_split), "dev")
+    train_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.train_split), train_split,
+                                             wsc_negative=t.wsc_negative)  # fmt: skip
+    dev_examples = superglue.read_examples(t.name, superglue.task_file(t.data, t.name, t.dev_split), "dev",
+                                           wsc_negative=t.wsc_negative)  # fmt: skip
     train_examples, dev_examples = train_examples[: t.train_examples], dev_examples[: t.eval_examples]
-    train_samples = superglue.build_inputs(tokenizer, t.name, train_examples, pattern, length)
-    dev_samples = superglue.build_inputs(tokenizer, t.name, dev_examples, pattern, length)
+    ptuning = _ptuning(spec, folder, config, tokenizer, pattern, length)  # None: no prompt, nothing frozen
+    layout = ptuning.layout if ptuning is not None else None
+    train_samples = superglue.build_inputs(tokenizer, t.name, train_examples, pattern, length, layout)
+    dev_samples = superglue.build_inputs(tokenizer, t.name, dev_examples, pattern, length, layout)
     metric_names = list(superglue.metrics(t.name, dev_examples[:1], [0]))
     best_metric = t.best_metric or metric_names[0]
     if best_metric not in metric_names:
@@ -421,13 +458,16 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
         return dict(result.metrics)
 
     family = Family(
-        t.name, superglue.ClozeLoss(),
+        t.name, superglue.ClozeLoss(t.loss, t.length_penalty),
         lambda items: superglue.collate_cloze(items, tokenizer.eos_token_id, tokenizer.sop_token_id),
         evaluate, best_metric, length,
-        f"{len(train_samples)} training and {len(dev_examples)} dev examples, pattern {pattern}",
-        {"pattern_id": pattern, "seq_length": length},
+        f"{len(train_samples)} training and {len(dev_examples)} dev examples, pattern {pattern}, loss {t.loss}",
+        {"pattern_id": pattern, "seq_length": length, "loss": t.loss, "wsc_negative": t.wsc_negative},
     )  # fmt: skip
     family.lora = _lora_config(t)
+    if ptuning is not None:
+        family.prepare_model, family.save_model = ptuning.prepare, ptuning.save
+        family.settings.update(ptuning.settings)
     return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
 
 
@@ -441,6 +481,68 @@ def _lora_config(t):
         raise ConfigError("task.lora_rank needs PEFT: pip install 'torchglm[peft]'") from None
     return peft.LoraConfig(r=t.lora_rank, lora_alpha=t.lora_alpha, target_modules=list(t.lora_targets),
                            lora_dropout=0.0)  # fmt: skip
+
+
+@dataclasses.dataclass
+class _PTuning:
+    layout: Any
+    """The inputs' ``prompts.PromptLayout`` (None: a frozen backbone without prompts)."""
+    prepare: Any
+    save: Any
+    settings: dict
+
+
+def _ptuning(spec, folder, config, tokenizer, pattern: int, length: int) -> _PTuning | None:
+    """``task.continuous_prompt`` / ``task.freeze_backbone`` checked and turned into the inputs' prompt layout, the
+    model's preparation (encoder attached from the run's seed, backbone frozen) and the trained-tensors-only save."""
+    from torchglm.tasks import prompts, superglue
+
+    t = spec.task
+    if not (t.continuous_prompt or t.freeze_backbone or t.tune_prefix_layers):
+        return None
+    if t.head != "cloze" or t.lora_rank is not None:
+        raise ConfigError("task.continuous_prompt / task.freeze_backbone serve the cloze head without LoRA")
+    if t.tune_prefix_layers and not t.freeze_backbone:
+        raise ConfigError("task.tune_prefix_layers counts the layers of a frozen backbone that train: set "
+                          "task.freeze_backbone")  # fmt: skip
+    if t.tune_prefix_layers > config.num_layers:
+        raise ConfigError(f"task.tune_prefix_layers {t.tune_prefix_layers}: the model has {config.num_layers} layers")
+    if t.freeze_backbone and not t.continuous_prompt and not t.tune_prefix_layers:
+        raise ConfigError("task.freeze_backbone without task.continuous_prompt or task.tune_prefix_layers: nothing "
+                          "would train")  # fmt: skip
+    layout = None
+    if t.continuous_prompt:
+        if not any(prompts.SLOTS.get(t.name, {}).get(pattern, ())):
+            raise ConfigError(f"task.continuous_prompt: {t.name} pattern {pattern} has no prompt slots")
+        try:
+            layout = prompts.PromptLayout(t.num_prompt_tokens, prompts.placeholder_id(tokenizer, config.vocab_size))
+        except InputError as error:
+            raise ConfigError(f"task.continuous_prompt: {error}") from None
+    task_tokens = []
+    if t.prompt_init and t.name not in superglue.MULTI_TOKEN:  # the verbalizers' ids (multi-token tasks have none)
+        task_tokens = [i for label in superglue.LABELS[t.name]
+                       for i in superglue.encode(tokenizer, superglue.verbalizer(t.name, pattern, label))]  # fmt: skip
+    seed, base_model = spec.train.seed, str(Path(folder).resolve())
+
+    def prepare(model) -> None:
+        if layout is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                encoder = prompts.PromptEncoder(layout.num_tokens, config.hidden_size, t.prompt_encoder)
+                if t.prompt_init:
+                    encoder.init_from_words(model.get_input_embeddings().weight, task_tokens)
+            prompts.attach_prompt(model, encoder, layout.placeholder_id)
+        if t.freeze_backbone:
+            prompts.freeze_backbone(model, t.tune_prefix_layers)
+
+    def save(model, where: Path) -> None:
+        prompts.save_trainable(model, where, base_model=base_model,
+                               settings={"task": t.name, "pattern_id": pattern, "seq_length": length})  # fmt: skip
+
+    settings = {"continuous_prompt": t.continuous_prompt, "num_prompt_tokens": t.num_prompt_tokens,
+                "prompt_encoder": t.prompt_encoder, "freeze_backbone": t.freeze_backbone,
+                "tune_prefix_layers": t.tune_prefix_layers}  # fmt: skip
+    return _PTuning(layout, prepare, save, settings)
 
 
 def _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_examples, length, best_metric, world_size):
@@ -462,10 +564,11 @@ def _classifier_plan(spec, folder, config, tokenizer, train_examples, dev_exampl
         return dict(result.metrics)
 
     family = Family(
-        t.name, superglue.ClassifierLoss(), lambda items: superglue.collate_classifier(items, tokenizer.pad_token_id),
+        t.name, superglue.ClassifierLoss(t.loss),
+        lambda items: superglue.collate_classifier(items, tokenizer.pad_token_id),
         evaluate, best_metric, length, f"{len(train_samples)} training and {len(dev_examples)} dev examples, "
         f"classification head on {t.pool_token}", {"head": "classifier", "pool_token": t.pool_token,
-        "seq_length": length}, GLMForSequenceClassification,
+        "seq_length": length, "loss": t.loss}, GLMForSequenceClassification,
     )  # fmt: skip
     family.lora = _lora_config(t)
     if family.lora is not None:
@@ -500,6 +603,8 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     config, family = plan.config, plan.family
     model_class = family.model_class or GLMForConditionalGeneration
     model = build_model(job, config, world, model_class)
+    if family.prepare_model is not None:
+        family.prepare_model(model)
     if family.lora is not None:
         import peft
 
@@ -520,6 +625,8 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     best = json.loads(best_file.read_text()) if best_file.is_file() else {"step": None, metric: float("-inf")}
     evaluations: list[dict] = []
     holder: dict[str, Any] = {}
+    patience = getattr(plan.spec.task, "early_stop_patience", 0)
+    stale = [0]  # evaluations in a row without a better best_metric
 
     def dev_metrics(model) -> dict[str, float]:
         """The family's dev metrics; a new best is saved to best/. Under torchrun, rank 0 evaluates a plain copy
@@ -537,9 +644,16 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             best.clear()
             best.update({"step": trainer.step, **scores})
             if world.is_main:
-                _save_best(plain, out, plan.tokenizer, best)
+                _save_best(plain, out, plan.tokenizer, best, family.save_model)
             world.barrier()
             scores["best"] = 1.0
+            stale[0] = 0
+        else:
+            stale[0] += 1
+        if patience and stale[0] >= patience:  # the same scores on every rank: all stop at the same step
+            trainer.request_stop(f"early stop: {metric} not above {best[metric]:.4g} (step {best['step']}) for "
+                                 f"{stale[0]} evaluations")  # fmt: skip
+            logger.info("%s; stopping at step %d", trainer.stop_reason, trainer.step)
         return scores
 
     steps = job.train.steps
@@ -560,7 +674,9 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             trainer.resume(plan.resume_from)
         trainer.train()
         if job.checkpoint.export_final:
-            if family.lora is not None:  # one process: the adapters, and the merged model beside them
+            if family.save_model is not None:  # one process: what trained, and the base model's folder
+                family.save_model(model, out / "final")
+            elif family.lora is not None:  # one process: the adapters, and the merged model beside them
                 _save_lora(model, out / "final")
             else:
                 export_model(trainer, config, world, out / "final", job.parallel.tp_size, model_class)
@@ -573,7 +689,9 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             out / "results.json",
             {"task": family.name, "steps": steps, "train_examples": len(plan.train_samples),
              "dev_examples": len(plan.dev_samples), "best_metric": metric, "best": best,
-             "evaluations": evaluations, **family.settings, "model": plan.model_folder},
+             "evaluations": evaluations, "stopped_at_step": trainer.step,
+             "stop_reason": trainer.stop_reason or f"completed train.steps ({steps})", **family.settings,
+             "model": plan.model_folder},
         )  # fmt: skip
         if (out / "log.jsonl").is_file():
             plot_log(out / "log.jsonl", out / "training.png", metrics=[f"eval/{metric}"])
@@ -607,12 +725,14 @@ def _save_lora(model, folder: Path) -> None:
     copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
 
 
-def _save_best(model, out: Path, tokenizer, best: dict) -> None:
+def _save_best(model, out: Path, tokenizer, best: dict, save=None) -> None:
     """best/ replaced whole: written beside it, then renamed over it."""
     staging = out / "best.tmp"
     if staging.exists():
         shutil.rmtree(staging)
-    if hasattr(model, "merge_and_unload"):  # LoRA: merged weights and the adapters
+    if save is not None:  # the family's own form (P-tuning: the trained tensors only)
+        save(model, staging)
+    elif hasattr(model, "merge_and_unload"):  # LoRA: merged weights and the adapters
         _save_lora(model, staging)
     else:
         model.save_pretrained(staging)
@@ -637,11 +757,15 @@ SHORTHANDS = {"task": "task.name", "model": "model.init_from", "data": "task.dat
 FAMILIES = {
     # family: (job class, planner, --task help)
     "seq2seq": (Seq2SeqJob, plan_seq2seq, "task.name: cnn_dm, xsum, gigaword, squad_generation, custom"),
-    "superglue": (ClozeJob, plan_superglue, "task.name: rte, cb, boolq, wic, multirc, copa, wsc, record"),
+    "superglue": (
+        ClozeJob,
+        plan_superglue,
+        "task.name: rte, cb, boolq, wic, multirc, copa, wsc, record; CLUE: afqmc, tnews, cluewsc",
+    ),
 }
 HELP = {
     "seq2seq": "summarization, question generation, source/target pairs (docs/seq2seq.md)",
-    "superglue": "SuperGLUE as cloze questions with PET patterns (docs/finetuning.md)",
+    "superglue": "SuperGLUE and CLUE as cloze questions with PET patterns (docs/finetuning.md)",
 }
 
 

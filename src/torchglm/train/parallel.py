@@ -7,6 +7,9 @@ group (nccl on GPU, gloo on CPU), and :func:`parallelize` applies, in this order
 2. activation checkpointing of every transformer block (``checkpoint_wrapper``);
 3. FSDP2 ``fully_shard`` of every block, then of the root, with a bf16 ``MixedPrecisionPolicy`` (fp32 reduction).
 
+For inference, :func:`load_tensor_parallel` loads a model folder over a tensor-parallel mesh, each rank reading
+only its slices of the weights (``torchglm fill --tensor-parallel``).
+
 Blocks are the modules whose class the model names in ``_no_split_modules`` (the transformers convention), so
 nothing here knows which model it shards. Example (2 processes on one machine)::
 
@@ -19,11 +22,15 @@ import datetime
 import fnmatch
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
+
+from torchglm.errors import InputError
 
 from .config import ParallelConfig
 
@@ -149,10 +156,17 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, plan: dict[str, object]) -> 
 
 
 def tensor_parallel_styles(plan: dict[str, str]) -> dict[str, object]:
-    """A model's plan of style names (``colwise``, ``rowwise``) as DTensor parallel styles."""
+    """A model's plan of style names (``colwise``, ``rowwise``, ``vocab``: an embedding split by token id) as
+    DTensor parallel styles."""
+    from functools import partial
+
+    from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    # RowwiseParallel on an nn.Embedding splits its rows; the token ids are whole on every rank (its default input
+    # layout, Shard(-1), would take them for pieces of one row)
+    vocab = partial(RowwiseParallel, input_layouts=Replicate())
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel, "vocab": vocab}
     unknown = sorted(set(plan.values()) - set(styles))
     if unknown:
         raise ValueError(f"unknown tensor-parallel style(s) {unknown}; known: {sorted(styles)}")
@@ -217,6 +231,165 @@ def load_full_state(model: nn.Module, full_state: dict[str, torch.Tensor] | None
     model.to_empty(device=world.device)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
     set_model_state_dict(model, full_state if world.is_main else {}, options=options)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tensor-parallel inference
+
+
+def check_tensor_parallel_size(config, tp_size: int) -> None:
+    """An :class:`InputError` naming the first size of the model that ``tp_size`` ranks cannot split evenly: the
+    attention heads (whole heads per rank), the MLP width (``dense_h_to_4h``'s rows) and the vocabulary (the
+    vocabulary-parallel embedding's rows). Needs only the config: it runs before any weight is read."""
+    if tp_size < 1:
+        raise InputError(f"tensor-parallel size {tp_size}: must be at least 1")
+    for count, what in (
+        (config.num_attention_heads, "attention heads"),
+        (config.intermediate_size, "MLP width (intermediate_size)"),
+        (config.vocab_size, "vocabulary entries (vocab_size)"),
+    ):
+        if count % tp_size:
+            raise InputError(f"tensor-parallel size {tp_size} does not divide the {count} {what}")
+
+
+def load_tensor_parallel(
+    folder,
+    mesh: DeviceMesh,
+    dtype: torch.dtype = torch.float32,
+    model_class=None,
+    output_loading_info: bool = False,
+):
+    """A model folder (or built-in name) loaded over the ranks of a 1-D ``mesh``, each rank reading only its shard.
+
+    The model is built on the meta device, the model's ``tensor_parallel_inference_plan`` applied (DTensor), and
+    each rank copies in the rows or columns its DTensors hold, read as slices of the weight files: safetensors
+    through ``get_slice``, a released ``pytorch_model.bin`` memory-mapped (``torch.load(mmap=True)``), so only the
+    pages of the slice are read. ``query_key_value``'s slice on rank ``r`` is ``q_r | k_r | v_r`` (three reads),
+    the rows :func:`~torchglm.model.tensor_parallel_layout` gives it. Returns the model in eval mode, or
+    ``(model, {"bytes_read": ...})`` with ``output_loading_info``.
+    """
+    from transformers import GenerationConfig
+
+    from torchglm.builtin import resolve
+    from torchglm.checkpoint import check_checkpoint_folder
+    from torchglm.config import GLMConfig
+    from torchglm.model import GLMForConditionalGeneration
+
+    model_class = model_class or GLMForConditionalGeneration
+    folder = Path(resolve(folder))
+    check_checkpoint_folder(folder)
+    config = GLMConfig.from_pretrained(folder)
+    tp_size, rank = mesh.size(), mesh.get_local_rank()
+    check_tensor_parallel_size(config, tp_size)
+    with torch.device("meta"):
+        model = model_class(config).to(dtype)
+    apply_tp(model, mesh, tensor_parallel_styles(model.tensor_parallel_inference_plan))
+    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else "cpu"
+    model.to_empty(device=device)
+
+    targets = model.state_dict()
+    bytes_read, filled = 0, set()
+    with _WeightFiles(folder) as files, torch.no_grad():
+        for stored_name, source, path in files:
+            name = stored_name if stored_name in targets else f"{model.base_model_prefix}.{stored_name}"
+            if name not in targets or name in filled:
+                raise InputError(f"{path}: tensor {stored_name} does not fit {model_class.__name__} (unexpected)")
+            target = targets[name]
+            if tuple(source.get_shape()) != tuple(target.shape):
+                raise InputError(
+                    f"{path}: tensor {stored_name} has shape {list(source.get_shape())}, {folder / 'config.json'} "
+                    f"makes it {list(target.shape)}"
+                )
+            pieces = [source[index] for index in _shard_indices(name, target, rank, tp_size)]
+            local = target.to_local() if isinstance(target, DTensor) else target
+            local.copy_(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+            bytes_read += sum(piece.numel() * piece.element_size() for piece in pieces)
+            filled.add(name)
+    missing = sorted(set(targets) - filled)
+    if missing:
+        raise InputError(f"{folder}: the weights lack {missing} for {model_class.__name__}")
+    model.config.name_or_path = str(folder)
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    model.eval()
+    return (model, {"bytes_read": bytes_read}) if output_loading_info else model
+
+
+def _shard_indices(name: str, target: torch.Tensor, rank: int, tp_size: int) -> list[tuple[slice, ...]]:
+    """The index (or, for ``query_key_value``, the three indices of q, k and v) of this rank's shard of a tensor
+    stored whole: the full tensor where the DTensor is replicated (or not a DTensor)."""
+    from torch.distributed.tensor import Shard
+
+    placement = target.placements[0] if isinstance(target, DTensor) else None
+    if not isinstance(placement, Shard):
+        return [tuple(slice(None) for _ in target.shape)]
+    dim, size = placement.dim, target.shape[placement.dim] // tp_size
+
+    def rows(first: int, count: int) -> tuple[slice, ...]:
+        return tuple(slice(first, first + count) if d == dim else slice(None) for d in range(target.dim()))
+
+    if name.endswith(("attention.query_key_value.weight", "attention.query_key_value.bias")):
+        third = target.shape[0] // 3  # q | k | v, stored whole; this rank holds its heads' part of each
+        return [rows(part * third + rank * (size // 3), size // 3) for part in range(3)]
+    return [rows(rank * size, size)]
+
+
+class _WeightFiles:
+    """``(name, slice source, file)`` for every tensor of a folder's weight files, read lazily: safetensors'
+    ``get_slice`` (``source[index]`` reads that part) or a memory-mapped ``.bin`` tensor."""
+
+    def __init__(self, folder: Path):
+        from torchglm.checkpoint import weight_files
+
+        self.paths = weight_files(folder)
+        self._handles: list = []
+
+    def __enter__(self):
+        return self._iterate()
+
+    def _iterate(self):
+        from safetensors import safe_open
+
+        for path in self.paths:
+            if path.suffix == ".safetensors":
+                handle = safe_open(path, framework="pt", device="cpu")
+                self._handles.append(handle)
+                for name in handle.keys():
+                    yield name, handle.get_slice(name), path
+            else:
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # torch's legacy (pre-zip) format cannot be mapped: read whole
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                for name, tensor in state.items():
+                    yield name, _TensorSource(tensor), path
+                del state
+
+    def __exit__(self, *exc):
+        self._handles.clear()
+
+
+class _TensorSource:
+    """A (memory-mapped) tensor with safetensors' slice interface."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def get_shape(self) -> list[int]:
+        return list(self.tensor.shape)
+
+    def __getitem__(self, index):
+        return self.tensor[index]
+
+
+def shared_seed(seed: int | None) -> int:
+    """The seed every rank samples with: ``seed``, or one drawn on rank 0 and broadcast (ranks that sampled apart
+    would feed their shards different tokens)."""
+    if seed is not None or not dist.is_initialized():
+        return seed
+    drawn = [int(torch.randint(0, 2**31 - 1, ()))]
+    dist.broadcast_object_list(drawn, src=0)
+    return drawn[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -114,6 +114,8 @@ class Trainer:
         self.tokens_seen = 0
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
+        self.stop_reason: str | None = None
+        """Set by :meth:`request_stop` (early stopping): training ends after the current step, with a checkpoint."""
         self._batches = None
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -188,8 +190,14 @@ class Trainer:
         reduced.pop("count", None)
         return {f"eval/{k}": v for k, v in {**reduced, **metrics}.items()}
 
+    def request_stop(self, reason: str) -> None:
+        """End training after the current step (its evaluation and a checkpoint included), e.g. from
+        ``eval_metrics``; every rank must ask alike."""
+        self.stop_reason = reason
+
     def train(self) -> None:
-        """Train from ``self.step`` to ``config.steps``, logging, evaluating and saving at their intervals."""
+        """Train from ``self.step`` to ``config.steps`` (or until :meth:`request_stop`), logging, evaluating and
+        saving at their intervals."""
         cfg = self.config
         evaluates = cfg.eval_interval and (self.eval_data is not None or self.eval_metrics is not None)
         self.model.train()
@@ -197,7 +205,7 @@ class Trainer:
         if evaluates and self.step == 0:
             self.metrics.log({"step": 0, **self.validate()})
         window_start, window_tokens, window_predicted = time.perf_counter(), 0, 0
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and self.stop_reason is None:
             record = self.train_step()
             window_tokens += record["tokens"]
             window_predicted += record.pop("predicted")
@@ -215,7 +223,8 @@ class Trainer:
             if evaluates and (self.step % cfg.eval_interval == 0 or last):
                 self.metrics.log({"step": self.step, **self.validate()})
             interval = cfg.checkpoint_interval
-            if self.checkpointer is not None and ((interval and self.step % interval == 0) or last):
+            stopping = last or self.stop_reason is not None
+            if self.checkpointer is not None and ((interval and self.step % interval == 0) or stopping):
                 self.save()
 
     # ------------------------------------------------------------------------------------------------ engine
