@@ -56,16 +56,11 @@ SPLIT_FILES = {
 # Readers
 
 
-def _value(path, number, record, *names):
-    value = record
-    for name in names:
-        if not isinstance(value, dict) or name not in value:
-            raise InputError.at(path, number, f'field "{".".join(names)}" is missing')
-        value = value[name]
-    return value
+_value = superglue._field  # a (nested) field of a JSON record, or an InputError naming file, line and field
 
 
 def _string(path, number, record, *names) -> str:
+    """A string field as written: CLUE's Chinese text keeps its punctuation (SuperGLUE's readers ASCII-fy it)."""
     value = _value(path, number, record, *names)
     if not isinstance(value, str):
         raise InputError.at(path, number, f'field "{".".join(names)}" is not a string')
@@ -89,24 +84,23 @@ def _idx(record, line: int):
     return record.get("id", record.get("idx", line))
 
 
-def _read_afqmc(path, records, split):
-    out = []
-    for line, (number, record) in enumerate(records):
-        idx = _idx(record, line)
-        out.append(ClozeExample(f"{split}-{idx}", _string(path, number, record, "sentence1"),
-                                _string(path, number, record, "sentence2"), _label("afqmc", path, number, record),
-                                idx=idx))  # fmt: skip
-    return out
+def _read_pair(task: str, first: str, second: str):
+    """A reader of a task whose example is two text fields (AFQMC's sentence pair, TNEWS's title and keywords)."""
+
+    def read(path, records, split):
+        out = []
+        for line, (number, record) in enumerate(records):
+            idx = _idx(record, line)
+            out.append(ClozeExample(f"{split}-{idx}", _string(path, number, record, first),
+                                    _string(path, number, record, second), _label(task, path, number, record),
+                                    idx=idx))  # fmt: skip
+        return out
+
+    return read
 
 
-def _read_tnews(path, records, split):
-    out = []
-    for line, (number, record) in enumerate(records):
-        idx = _idx(record, line)
-        out.append(ClozeExample(f"{split}-{idx}", _string(path, number, record, "sentence"),
-                                _string(path, number, record, "keywords"), _label("tnews", path, number, record),
-                                idx=idx))  # fmt: skip
-    return out
+_read_afqmc = _read_pair("afqmc", "sentence1", "sentence2")
+_read_tnews = _read_pair("tnews", "sentence", "keywords")
 
 
 def _read_cluewsc(path, records, split):
