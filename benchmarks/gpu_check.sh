@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session (issue 16): every figure the docs want from a GPU, each step under `timeout`, all output
+# One prepared GPU session (issues 16 and 13): every figure the docs want from a GPU, each step under `timeout`, all output
 # in $OUT (default /tmp/gpu_check). Run from the repository root on a machine with one CUDA GPU:
 #
 #     OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
@@ -8,10 +8,12 @@
 #    dimensions (benchmarks/train_speed.py, the trainer's own step);
 # 2. cached greedy decoding tokens/s against transformers' GPT-2 generate, large and 2b shapes, bf16
 #    (benchmarks/generate_speed.py --device cuda);
-# 3. host peak memory of loading a 1.1B random GLM from each source format (benchmarks/load_memory.py), then the
+# 3. zero-shot evaluation (issue 13): WikiText tokens/s and LAMBADA examples/s against the unbatched loop and GPT-2
+#    (benchmarks/eval_speed.py --device cuda, bf16);
+# 4. host peak memory of loading a 1.1B random GLM from each source format (benchmarks/load_memory.py), then the
 #    sharded folder loaded straight onto the GPU (from_pretrained(device="cuda", dtype=bfloat16)): GPU peak;
-# 4. `torchglm fill` on the GPU in bf16, and with int4 weights through torchao (smoke).
-# A step that fails or runs out of time is logged and the next one runs. The worst case is about 8 minutes.
+# 5. `torchglm fill` on the GPU in bf16, and with int4 weights through torchao (smoke).
+# A step that fails or runs out of time is logged and the next one runs. The worst case is about 10 minutes.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -34,6 +36,7 @@ step decode_large 75 python benchmarks/generate_speed.py --device cuda --dtype b
     --heads 16 --context 512 --new 32 128 --batches 1 16 --repeats 3
 step decode_2b 90 python benchmarks/generate_speed.py --device cuda --dtype bfloat16 --layers 36 --width 2048 \
     --heads 32 --context 512 --new 32 128 --batches 1 16 --repeats 3
+step eval_speed 120 python benchmarks/eval_speed.py --device cuda --dtype bfloat16 --batch-size 16 --repeats 3
 step load_memory 150 python benchmarks/load_memory.py --root "$OUT/checkpoints" --keep
 step load_cuda 45 python - "$OUT/checkpoints/sharded" <<'EOF'
 import sys, time, torch
