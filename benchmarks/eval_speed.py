@@ -135,8 +135,12 @@ def main() -> None:
     parser.add_argument("--lambada", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="all three peers run in it (on a CPU, keep float32 unless it has a GEMM for the dtype)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="all three peers run in it (on a CPU, keep float32 unless it has a GEMM for the dtype)",
+    )
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     print(describe() if device.type == "cpu" else torch.cuda.get_device_name(device))
@@ -145,8 +149,10 @@ def main() -> None:
     ids = PromptIds.from_tokenizer(BertIds())
     text = PerplexityText("", len(tokens))
     windows = perplexity_windows(len(tokens), args.seq_length, args.overlap)
-    print(f"model: {args.layers} layers x {args.width}, {args.heads} heads, vocabulary 30592, {args.dtype} on "
-          f"{device}; data: {source}")
+    print(
+        f"model: {args.layers} layers x {args.width}, {args.heads} heads, vocabulary 30592, {args.dtype} on "
+        f"{device}; data: {source}"
+    )
     print(f"WikiText: {len(tokens)} tokens, {len(windows)} windows of {args.seq_length - 1} (overlap {args.overlap});")
     print(f"LAMBADA: {len(examples)} examples; torchglm batch {args.batch_size}; medians of {args.repeats}")
 
