@@ -318,6 +318,10 @@ def _load_trainable_run(args: argparse.Namespace):
     info = prompts.trainable_info(args.model) if Path(args.model).is_dir() else None
     if info is None:
         return None
+    trained_on = info.get("task")
+    if trained_on is not None and trained_on != args.superglue_task:
+        raise InputError(f"--model {args.model}: its prompt and layers were trained on {trained_on}, not "
+                         f"{args.superglue_task} (trainable.json)")  # fmt: skip
     model, tokenizer = load(info["base_model"], args.tokenizer or args.model, args.device, args.dtype)
     prompts.load_trainable(model, args.model)
     if args.pattern_id is None:

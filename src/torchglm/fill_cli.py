@@ -349,6 +349,10 @@ def _run_tensor_parallel(args: argparse.Namespace) -> int:
         code = _fill_texts(args, options, model, tokenizer, texts_of_rank0)
         ok = True
         return code
+    except BaseException as error:  # the other ranks print nothing else: say why this one failed
+        if not world.is_main:
+            print(f"torchglm fill: rank {world.rank}: {type(error).__name__}: {error}", file=sys.__stderr__)
+        raise
     finally:
         parallel.close_distributed(orderly=ok)
 

@@ -93,6 +93,30 @@ def test_wsc_predictions_are_true_when_the_referent_outscores_every_negative():
     assert result.metrics["accuracy"] == pytest.approx(100 * right / 3)
 
 
+def test_the_wsc_dev_loss_scores_true_referents_against_their_negatives_with_or_without_negatives():
+    """A WSC dev label says True/False, not which choice is right: the dev loss keeps the true referents, as choice
+    0 against their negatives (none: a one-choice loss of 0, not an index out of range)."""
+    model, tok = tiny_model(max_sequence_length=64), WordTokenizer()
+    examples = [
+        _wsc("dev-0", "Anna told Sue that she won the big prize", "Anna", 0, 4, ["Sue", "the big prize"]),
+        _wsc("dev-1", "The dog chased the cat because it was hungry", "The cat", 3, 6, ["The dog"]),
+        _wsc("dev-2", "Tom met Bob and he smiled", "Tom", 0, 4, []),
+    ]
+    examples[1].label = "False"
+    items = superglue.build_inputs(tok, "wsc", examples, seq_length=48)
+    assert [item.label for item in items] == [1, 0, 1]  # the True/False index the metrics and the original use
+    kept = superglue.loss_inputs("wsc", items)
+    assert [(item.guid, item.label) for item in kept] == [("dev-0", 0), ("dev-2", 0)]
+    batch = superglue.collate_cloze(kept, tok.pad_token_id, tok.sop_token_id)
+    scored = superglue.score_inputs(model, tok, kept)
+    with torch.no_grad():
+        got = superglue.ClozeLoss("cross_entropy")(model, batch)
+    want = float(superglue.cloze_loss_terms(torch.tensor([scored[0].scores]), torch.tensor([0])).sum())  # dev-2: 0
+    assert float(got.total) == pytest.approx(want, abs=1e-4) and int(got.count) == 2
+    rte = [ClozeExample("dev-3", "a b", "c", "entailment")]
+    assert superglue.loss_inputs("rte", superglue.build_inputs(tok, "rte", rte, seq_length=48))[0].label == 0
+
+
 @pytest.mark.parametrize(
     "text, referent, phrases, negatives",
     [

@@ -219,6 +219,9 @@ def test_saved_trainable_tensors_reload_onto_the_base_model(tmp_path):
     (tmp_path / prompts.TRAINABLE_INFO).write_text('{"base_model": "BASE", "prompt_encoder": null}')
     with pytest.raises(InputError, match="prompt_encoder.embeddings.weight is not a parameter"):
         prompts.load_trainable(tiny_model(), tmp_path)
+    (tmp_path / prompts.TRAINABLE_INFO).write_text('{"base_model": "BASE", "prompt_encoder": {"kind": "lstm"}}')
+    with pytest.raises(InputError, match='field "prompt_encoder.num_tokens" is missing or not a int'):
+        prompts.load_trainable(tiny_model(), tmp_path)
 
 
 def test_prompt_init_mixes_a_word_with_a_verbalizer():

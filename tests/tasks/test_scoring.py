@@ -190,3 +190,5 @@ def test_causal_inputs_as_written_by_hand():
     assert block.position == [1, 2, 3, 4] and block.block_position == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="context token"):
         final_blank_inputs([], [21], IDS, causal=True)
+    with pytest.raises(InputError, match="leaves no context token in --seq-length 8"):
+        score_final_blank(tiny_model(), IDS, [[11, 12]], [[[21, 22, 23, 24, 25]]], seq_length=8, causal=True)

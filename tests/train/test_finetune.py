@@ -304,7 +304,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_a_better_dev_me
         "--data", str(shared_dir / "data" / "superglue"), "--output", str(out), "--task.dev_split", "train",
         "--task.eval_examples", "8", "--task.seq_length", "64", "--task.early_stop_patience", "2",
         "--train.steps", "20", "--train.eval_interval", "2", "--optim.lr", "1e-30", "--optim.weight_decay", "0",
-        "--checkpoint.interval", "0", "--logging.progress_bar", "false", "--logging.tensorboard", "false",
+        "--checkpoint.interval", "2", "--logging.progress_bar", "false", "--logging.tensorboard", "false",
     ]  # fmt: skip
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
@@ -317,6 +317,18 @@ def test_early_stopping_stops_after_patience_evaluations_without_a_better_dev_me
     assert max(s for s in steps if s is not None) == 4
     assert (out / "checkpoints" / "step-00000004").is_dir() and (out / "final" / "model.safetensors").is_file()
     assert json.loads((out / "best" / "metrics.json").read_text())["step"] == 0
+    # Exact resume: killed after step 2 (one evaluation without a better score counted), the run still stops at 4
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    shutil.rmtree(again / "checkpoints" / "step-00000004")
+    shutil.rmtree(again / "final")
+    assert main([*args, "--output", str(again), "--resume"]) == 0
+    resumed = json.loads((again / "results.json").read_text())
+    assert [e["step"] for e in resumed["evaluations"]] == [4] and resumed["stopped_at_step"] == 4
+    assert resumed["stop_reason"] == reason
+    # and a run that stopped early stays stopped when resumed
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["stopped_at_step"] == 4
     capsys.readouterr()
     assert main([*args, "--output", str(tmp_path / "bad"), "--task.wsc_negative", "true"]) == 2
     assert "task.wsc_negative: WSC's negative candidates, not for rte" in capsys.readouterr().err
@@ -370,8 +382,12 @@ def test_p_tuning_with_a_frozen_backbone_overfits_and_saves_only_what_trained(sh
     evaluate = ["evaluate", "superglue", "--task", "rte", "--split", "train", "--data", str(data), "--no-progress"]
     assert main([*evaluate, "--model", str(out / "best"), "--output", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"] == {"accuracy": 100.0}
-    # bad settings are named
+    assert (out / "final" / prompts.TRAINABLE_FILE).is_file() and not (out / "final.tmp").exists()
+    # bad settings are named; so is a run scored on another task than the one it trained on
     capsys.readouterr()
+    evaluate_cb = ["evaluate", "superglue", "--task", "cb", "--data", str(data), "--no-progress"]
+    assert main([*evaluate_cb, "--model", str(out / "best")]) == 2
+    assert "trained on rte, not cb" in capsys.readouterr().err
     assert main([*args[:9], str(tmp_path / "bad"), "--task.tune_prefix_layers", "3", "--task.freeze_backbone",
                  "true", "--dry-run"]) == 2  # fmt: skip
     assert "task.tune_prefix_layers 3: the model has 2 layers" in capsys.readouterr().err

@@ -235,6 +235,13 @@ def trainable_info(folder) -> dict | None:
         raise InputError(f"{path}: not JSON ({error})") from None
     if not isinstance(info, dict) or not isinstance(info.get("base_model"), str):
         raise InputError(f'{path}: field "base_model" is missing')
+    prompt = info.get("prompt_encoder")
+    if prompt is not None:
+        if not isinstance(prompt, dict):
+            raise InputError(f'{path}: field "prompt_encoder" is not an object')
+        for name, kind in (("kind", str), ("num_tokens", int), ("placeholder_id", int)):
+            if not isinstance(prompt.get(name), kind):
+                raise InputError(f'{path}: field "prompt_encoder.{name}" is missing or not a {kind.__name__}')
     return info
 
 

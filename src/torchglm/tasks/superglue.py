@@ -17,6 +17,7 @@ Default pattern ids, the original's: RTE 0, CB 3, BoolQ 4, WiC 1, MultiRC 0, COP
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 from collections.abc import Callable, Sequence
@@ -532,6 +533,16 @@ def cloze_input(tokenizer, task: str, example: ClozeExample, pattern_id: int | N
     if task == "wsc" and example.guid.startswith("train"):
         out.label = 0  # the true referent is choice 0 in training (its negatives follow)
     return out
+
+
+def loss_inputs(task: str, inputs: Sequence[ClozeInput]) -> list[ClozeInput]:
+    """The inputs whose ``label`` the cloze loss can read as the correct choice (the dev loss). A WSC dev label says
+    whether the example's referent is the pronoun's (False/True), not a choice: the loss scores the referent (choice
+    0) against its negatives, so only the true referents count, as in training. Other tasks: all, unchanged."""
+    if task != "wsc":
+        return list(inputs)
+    true = LABELS["wsc"].index("True")
+    return [dataclasses.replace(item, label=0) for item in inputs if item.label == true]
 
 
 def fixed_length_arrays(cloze: ClozeInput, seq_length: int, pad_id: int, sop_id: int) -> dict:

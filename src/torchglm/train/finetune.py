@@ -312,6 +312,7 @@ class FinetunePlan:
     family: Family
     train_samples: list
     dev_samples: list
+    """The held-out loss's rows (the dev metrics come from the family's ``evaluate``)."""
     accumulation: int
     resume_from: Path | None
 
@@ -468,7 +469,8 @@ def plan_superglue(spec: ClozeJob, world_size: int | None = None) -> FinetunePla
     if ptuning is not None:
         family.prepare_model, family.save_model = ptuning.prepare, ptuning.save
         family.settings.update(ptuning.settings)
-    return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_samples, world_size)
+    dev_loss = superglue.loss_inputs(t.name, dev_samples)  # WSC: the true referents against their negatives
+    return _finish_plan(spec, folder, config, tokenizer, family, train_samples, dev_loss, world_size)
 
 
 def _lora_config(t):
@@ -626,7 +628,6 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
     evaluations: list[dict] = []
     holder: dict[str, Any] = {}
     patience = getattr(plan.spec.task, "early_stop_patience", 0)
-    stale = [0]  # evaluations in a row without a better best_metric
 
     def dev_metrics(model) -> dict[str, float]:
         """The family's dev metrics; a new best is saved to best/. Under torchrun, rank 0 evaluates a plain copy
@@ -647,12 +648,12 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
                 _save_best(plain, out, plan.tokenizer, best, family.save_model)
             world.barrier()
             scores["best"] = 1.0
-            stale[0] = 0
-        else:
-            stale[0] += 1
-        if patience and stale[0] >= patience:  # the same scores on every rank: all stop at the same step
+        # evaluations in a row without a better best_metric, kept in the checkpoints (exact resume)
+        stale = 0 if scores.get("best") else trainer.recipe_state.get("stale_evaluations", 0) + 1
+        trainer.recipe_state["stale_evaluations"] = stale
+        if patience and stale >= patience:  # the same scores on every rank: all stop at the same step
             trainer.request_stop(f"early stop: {metric} not above {best[metric]:.4g} (step {best['step']}) for "
-                                 f"{stale[0]} evaluations")  # fmt: skip
+                                 f"{stale} evaluations")  # fmt: skip
             logger.info("%s; stopping at step %d", trainer.stop_reason, trainer.step)
         return scores
 
@@ -675,9 +676,9 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
         trainer.train()
         if job.checkpoint.export_final:
             if family.save_model is not None:  # one process: what trained, and the base model's folder
-                family.save_model(model, out / "final")
+                _replace_folder(out / "final", lambda staging: family.save_model(model, staging))
             elif family.lora is not None:  # one process: the adapters, and the merged model beside them
-                _save_lora(model, out / "final")
+                _replace_folder(out / "final", lambda staging: _save_lora(model, staging))
             else:
                 export_model(trainer, config, world, out / "final", job.parallel.tp_size, model_class)
             if world.is_main:
@@ -725,25 +726,35 @@ def _save_lora(model, folder: Path) -> None:
     copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
 
 
-def _save_best(model, out: Path, tokenizer, best: dict, save=None) -> None:
-    """best/ replaced whole: written beside it, then renamed over it."""
-    staging = out / "best.tmp"
+def _replace_folder(folder: Path, write) -> None:
+    """``write(staging)`` fills a folder beside ``folder``, which is then renamed over it: a killed run leaves the
+    old folder or the new one, never a half-written one."""
+    staging = folder.with_name(folder.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
-    if save is not None:  # the family's own form (P-tuning: the trained tensors only)
-        save(model, staging)
-    elif hasattr(model, "merge_and_unload"):  # LoRA: merged weights and the adapters
-        _save_lora(model, staging)
-    else:
-        model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
-    old = out / "best.old"
-    if (out / "best").exists():
-        (out / "best").rename(old)
-    staging.rename(out / "best")
+    write(staging)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _save_best(model, out: Path, tokenizer, best: dict, save=None) -> None:
+    """best/ replaced whole: written beside it, then renamed over it."""
+
+    def write(staging: Path) -> None:
+        if save is not None:  # the family's own form (P-tuning: the trained tensors only)
+            save(model, staging)
+        elif hasattr(model, "merge_and_unload"):  # LoRA: merged weights and the adapters
+            _save_lora(model, staging)
+        else:
+            model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(best, indent=1) + "\n", encoding="utf-8")
+
+    _replace_folder(out / "best", write)
     logger.info("new best %s at step %s: best/", {k: round(v, 2) for k, v in best.items() if k != "step"},
                 best["step"])  # fmt: skip
 

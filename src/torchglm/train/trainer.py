@@ -116,6 +116,9 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.stop_reason: str | None = None
         """Set by :meth:`request_stop` (early stopping): training ends after the current step, with a checkpoint."""
+        self.recipe_state: dict[str, Any] = {}
+        """JSON values a recipe keeps across ``--resume`` (early stopping's count of evaluations without a better
+        score): saved with every checkpoint, restored by :meth:`resume`."""
         self._batches = None
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -269,6 +272,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "stop_reason": self.stop_reason,
+            "recipe_state": self.recipe_state,
             **self.trainer_info,
         }
 
@@ -289,6 +294,8 @@ class Trainer:
         self.tokens_seen = int(state["tokens_seen"])
         self.skipped_steps = int(state["skipped_steps"])
         self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+        self.stop_reason = state.get("stop_reason")  # a run stopped early stays stopped
+        self.recipe_state = dict(state.get("recipe_state") or {})
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if rank_state is None:
