@@ -123,3 +123,16 @@ def test_cli_refuses_quantize_with_tensor_parallel_and_evaluate_takes_the_flag(r
     text.write_text("one two three\n")
     assert main(["evaluate", "wikitext", "--model", str(ref_fill), "--data", str(text), "--quantize", "int5"]) == 2
     assert "quantization 'int5': no such mode" in capsys.readouterr().err
+
+
+def test_load_quantizes_on_the_device_without_accelerate(ref_fill, monkeypatch):
+    """``fill/evaluate --quantize`` load the model as usual, move it, then quantize: no ``device_map``, which
+    transformers refuses without accelerate (not a torchglm dependency)."""
+    import transformers.integrations.accelerate as accelerate_integration
+
+    from torchglm.fill_cli import load
+
+    monkeypatch.setattr(accelerate_integration, "is_accelerate_available", lambda: False)
+    model, _ = load(str(ref_fill), device="cpu", quantization="int8")
+    assert len(block_linears(model)) == 8
+    assert all(type(layer.weight) is not torch.nn.Parameter for layer in block_linears(model).values())

@@ -107,23 +107,9 @@ def _options(args: argparse.Namespace, early) -> GenerationOptions:
     )
 
 
-def load(
-    model_folder: str,
-    tokenizer_folder: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    quantization: str | None = None,
-    model_class=None,
-):
-    """A GLM model in eval mode and its tokenizer, from local checkpoint folders. A name that is not a folder is an
-    :class:`InputError` at once (transformers would look it up on the hub and wait for the network).
-    ``quantization`` (``int8``, ``int4``) quantizes the weights on ``device``, where its kernels must exist.
-    ``model_class``: what to load (default ``GLMForConditionalGeneration``)."""
-    import torch
-
+def check_folders(model_folder: str, tokenizer_folder: str | None) -> None:
+    """``--model`` and ``--tokenizer`` name local folders (or a reachable hub id), else an :class:`InputError`."""
     from torchglm.builtin import resolve
-    from torchglm.model import GLMForConditionalGeneration
-    from torchglm.tokenization import GLMTokenizer
 
     for option, folder in (("--model", model_folder), ("--tokenizer", tokenizer_folder)):
         try:
@@ -138,11 +124,34 @@ def load(
                 f"{option} {folder}: no such model folder (torchglm loads local folders: config.json, weights "
                 "and tokenizer files)"
             )
+
+
+def load(
+    model_folder: str,
+    tokenizer_folder: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quantization: str | None = None,
+    model_class=None,
+):
+    """A GLM model in eval mode and its tokenizer, from local checkpoint folders. A name that is not a folder is an
+    :class:`InputError` at once (transformers would look it up on the hub and wait for the network).
+    ``quantization`` (``int8``, ``int4``) quantizes the weights on ``device``, where its kernels must exist.
+    ``model_class``: what to load (default ``GLMForConditionalGeneration``)."""
+    import torch
+
+    from torchglm.model import GLMForConditionalGeneration
+    from torchglm.tokenization import GLMTokenizer
+
+    check_folders(model_folder, tokenizer_folder)
     start = time.perf_counter()
+    if quantization is not None:
+        from torchglm.quantization import check_quantization_mode
+
+        check_quantization_mode(quantization)  # before any weight is read
     try:
-        quantized = {"quantization": quantization, "device": device} if quantization else {}
         model_class = model_class or GLMForConditionalGeneration
-        model = model_class.from_pretrained(model_folder, dtype=getattr(torch, dtype), **quantized)
+        model = model_class.from_pretrained(model_folder, dtype=getattr(torch, dtype))
         tokenizer = GLMTokenizer.from_pretrained(tokenizer_folder or model_folder)
     except InputError:  # already names what is wrong (a quantization mode, a checkpoint file)
         raise
@@ -156,6 +165,10 @@ def load(
             "above, one line per tensor)"
         ) from None
     model = model.to(device).eval()
+    if quantization is not None:  # on the device whose kernels it needs (from_pretrained's device= needs accelerate)
+        from torchglm.quantization import quantize_weights
+
+        quantize_weights(model, quantization)
     print(describe_loaded(model_folder, model, time.perf_counter() - start), file=sys.stderr)
     return model, tokenizer
 
@@ -322,10 +335,15 @@ def _run_tensor_parallel(args: argparse.Namespace) -> int:
     size = parallel.world_size_from_env()
     if args.interactive:
         raise InputError("--interactive: not with --tensor-parallel (every process would prompt); pass texts or --file")
+    check_folders(args.model, args.tokenizer)
     folder = resolve(args.model)
     if not Path(folder, "config.json").is_file():
         raise InputError(f"--model {args.model}: --tensor-parallel needs a local model folder with config.json")
-    parallel.check_tensor_parallel_size(GLMConfig.from_pretrained(folder), size)
+    try:
+        config = GLMConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {args.model}: cannot read its config.json ({error})") from None
+    parallel.check_tensor_parallel_size(config, size)
     if size == 1:
         print("torchglm fill: --tensor-parallel on one process (not under torchrun): the whole model", file=sys.stderr)
         model, tokenizer = load(args.model, args.tokenizer, args.device, args.dtype)
@@ -336,8 +354,13 @@ def _run_tensor_parallel(args: argparse.Namespace) -> int:
         if not world.is_main:
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
         start = time.perf_counter()
-        model = parallel.load_tensor_parallel(folder, world.mesh["tp"], getattr(torch, args.dtype))
-        tokenizer = GLMTokenizer.from_pretrained(args.tokenizer or folder)
+        try:
+            model = parallel.load_tensor_parallel(folder, world.mesh["tp"], getattr(torch, args.dtype))
+            tokenizer = GLMTokenizer.from_pretrained(args.tokenizer or folder)
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as error:  # as load() words them: one line, not a traceback
+            raise InputError(f"--model {args.model}: cannot load a GLM from it ({error})") from None
         print(describe_loaded(args.model, model, time.perf_counter() - start) + f", over {size} ranks", file=sys.stderr)
         options = dataclasses.replace(options_from_args(args), seed=parallel.shared_seed(args.seed))
 

@@ -260,7 +260,7 @@ def test_fill_tensor_parallel_through_torchrun_prints_once_what_one_process_prin
         assert scores[0] == pytest.approx(scores[1], abs=1e-5)
 
 
-def test_tensor_parallel_size_must_divide_heads_width_and_vocabulary(capsys, monkeypatch):
+def test_tensor_parallel_size_must_divide_heads_width_and_vocabulary(capsys, monkeypatch, tmp_path):
     """Checked from config.json alone, before a process group or a weight: one line naming the limit, exit 2."""
     import torch.distributed as dist
 
@@ -281,6 +281,16 @@ def test_tensor_parallel_size_must_divide_heads_width_and_vocabulary(capsys, mon
     with pytest.raises(InputError, match=r"^tensor-parallel size 4 does not divide the 90 MLP width"):
         check_tensor_parallel_size(config, 4)
     check_tensor_parallel_size(config, 2)  # 4 heads, 90 wide, 98 entries: all split in two
+    # a folder that is not a model, or a bad --tokenizer, is one line too, before any process group
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["fill", "--tensor-parallel", "--model", str(broken), "a [MASK]"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"torchglm fill: error: --model {broken}: cannot read its config.json (")
+    assert main(["fill", "--tensor-parallel", "--tokenizer", str(tmp_path / "nowhere"), "a [MASK]"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err and not dist.is_initialized()
 
 
 def test_tensor_parallel_loading_names_a_mis_shaped_tensor_and_its_file(tmp_path):
