@@ -262,11 +262,13 @@ def test_the_causal_layout_reaches_lambada_and_perplexity():
                                seq_length=64, causal=True)  # fmt: skip
     assert [r["nll"] for r in result.examples] == pytest.approx([-s.log_prob for [s] in direct], abs=1e-6)
     assert result.settings["layout"] == "causal" and "(causal)" in result.summary()
+    assert result.settings["mask_id"] is None  # no blank token is read in this layout
     tokens = [(7 * i) % 79 + 1 for i in range(30)]
     ppl = evaluate_perplexity(model, tokenizer, PerplexityText("unused", 30), tokens=tokens, seq_length=16,
                               overlap=5, causal=True)  # fmt: skip
     spans = perplexity_windows(30, 16, 5)
     expected = -sum(s.log_prob for s in score_windows(model, ids, tokens, spans, causal=True))
     assert ppl.total_nll == pytest.approx(expected, rel=1e-6) and ppl.scored_tokens == 29
+    assert ppl.settings["mask_id"] is None
     with pytest.raises(InputError, match="choose one layout"):
         evaluate_lambada(model, tokenizer, examples, unidirectional=True, causal=True)

@@ -175,7 +175,8 @@ def evaluate_lambada(
         for e, [s] in zip(examples, scores, strict=True)
     ]
     correct = sum(r["correct"] for r in rows)
-    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "layout": layout, "mask_id": ids.mask}
+    settings = {"seq_length": seq_length, "unidirectional": unidirectional, "layout": layout}
+    settings["mask_id"] = None if causal else ids.mask  # no blank in the causal layout
     return LambadaResult(correct / max(len(rows), 1), correct, len(rows), settings, rows)
 
 
@@ -354,7 +355,7 @@ def evaluate_perplexity(
     scored = sum(w["tokens"] for w in windows)
     settings = {
         "seq_length": seq_length, "overlap": overlap, "unidirectional": unidirectional, "layout": layout,
-        "mask_id": ids.mask,
+        "mask_id": None if causal else ids.mask,
     }  # fmt: skip
     return PerplexityResult(
         _exp(total / (len(tokens) - 1)),
