@@ -162,9 +162,10 @@ def score_final_blank(
     rows: list[tuple[list[int], list[Block]]] = []
     owners: list[int] = []
     for owner, (context, choices) in enumerate(zip(contexts, answers, strict=True)):
-        fitted = fit_context(context, max(len(a) for a in choices), seq_length)
+        longest = max(len(a) for a in choices)
+        fitted = fit_context(context, longest, seq_length)
         if causal and not fitted:
-            raise InputError(f"an answer of {max(len(a) for a in choices)} tokens leaves no context token in "
+            raise InputError(f"an answer of {longest} tokens leaves no context token in "
                              f"--seq-length {seq_length}; the causal layout needs one before the answer")  # fmt: skip
         laid = [
             final_blank_inputs(fitted, answer, ids, unidirectional=unidirectional, causal=causal) for answer in choices
