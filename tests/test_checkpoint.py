@@ -50,6 +50,23 @@ def test_sharded_save_load_round_trip(tmp_path):
     assert torch.equal(logits(model), logits(again))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_weights_get_the_mode_the_umask_gives_config_json(tmp_path, umask):
+    """safetensors >= 0.8 writes 0600 whatever the umask (safetensors#782); the save follows the umask again."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        tiny().save_pretrained(tmp_path / "m", max_shard_size="20KB")
+    finally:
+        os.umask(old)
+    weights = sorted((tmp_path / "m").glob("*.safetensors"))
+    assert len(weights) > 2
+    expected = 0o666 & ~umask
+    assert (tmp_path / "m" / "config.json").stat().st_mode & 0o777 == expected
+    assert {w.stat().st_mode & 0o777 for w in weights} == {expected}
+
+
 def test_sharded_folder_converts_and_convert_writes_shards(tmp_path):
     model = tiny()
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")

@@ -122,3 +122,21 @@ def test_half_precision_totals_stay_close_to_the_originals(golden, shared_dir, t
     record = json.loads(output.read_text())
     assert record["dtype"] == dtype
     assert record["total_nll"] == pytest.approx(cases["wikitext_bidirectional"]["total_nll"], rel=2e-3)
+
+
+def test_results_json_gets_the_mode_of_an_ordinary_file(tmp_path):
+    """mkstemp creates 0600; a results JSON should be as readable as any file the user's umask allows."""
+    import os
+
+    from torchglm.evaluate_cli import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"accuracy": 0.5})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"accuracy": 0.5}
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "results.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

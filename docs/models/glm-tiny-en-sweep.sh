@@ -2,20 +2,21 @@
 # glm-tiny-en's shape sweep (docs/models/glm-tiny-en.md, "How the shape was chosen").
 #
 # Each candidate (depth, width, vocabulary) is pretrained with glm-tiny-en's config and data for the same share of
-# the two-hour budget: BASE_STEPS for the shipped 6 x 256 shape, scaled down or up by the candidate's compute per
+# the two-hour budget: BASE_STEPS for the 6 x 256, 8,000-piece shape, scaled down or up by the candidate's compute per
 # token, so that every run costs about the same time. Each is then scored on the first LINES lines of the
 # WikiText-103 test file by `torchglm evaluate wikitext`. The figure that decides is the word-level (adjusted)
 # perplexity, the one that is comparable across vocabularies. Every candidate stays under the 25 MB cap for the
 # shipped safetensors (bf16).
 #
-# Run from a checkout after steps 1-3 of the card's "Reproduce" (the 8,000-piece tokenizer and its shards in $R):
+# Run from a checkout after steps 1-3 of the card's "Reproduce" with V=8000 R=runs/glm-tiny-en-8k (the 8,000-piece
+# tokenizer and its shards in $R, as for the first version; the sweep's base shape is that version's):
 #   bash docs/models/glm-tiny-en-sweep.sh          # about 50 min on 2 CPU cores at BASE_STEPS=100
 # A candidate whose wikitext.json exists is skipped, so a stopped sweep goes on where it stopped.
 set -euo pipefail
 S=${S:-../shared/data}
-R=${R:-runs/glm-tiny-en}
+R=${R:-runs/glm-tiny-en-8k}
 W=${W:-runs/glm-tiny-en-sweep}
-BASE_STEPS=${BASE_STEPS:-100}   # 1/22 of the 2,200 steps glm-tiny-en trained for
+BASE_STEPS=${BASE_STEPS:-100}   # 1/22 of the 2,200 steps the 8,000-piece glm-tiny-en trained for
 LINES=${LINES:-1000}            # WikiText-103 test lines scored (the test file has 4,358)
 mkdir -p "$W"
 
@@ -51,7 +52,7 @@ candidate() {
     --no-progress --output "$W/$name/wikitext.json"
 }
 
-candidate 6x256-8k 6 256 4 8000     # the shipped shape
+candidate 6x256-8k 6 256 4 8000     # the first version's shape
 candidate 4x256-8k 4 256 4 8000     # shallower
 candidate 8x256-8k 8 256 4 8000     # deeper
 candidate 6x320-8k 6 320 5 8000     # wider (6 x 384 would be 27 MB in bf16, over the cap)

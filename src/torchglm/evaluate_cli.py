@@ -261,6 +261,9 @@ def write_json_atomic(path: Path, record: dict) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(record, out, indent=1, ensure_ascii=False)
             out.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it 0600: results are an ordinary, shareable file
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

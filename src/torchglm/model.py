@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,16 @@ class GLMPreTrainedModel(PreTrainedModel):
     tensor_parallel_inference_plan: dict[str, str] = {**tensor_parallel_plan, "*word_embeddings": "vocab"}
     """Inference adds the vocabulary-parallel word embeddings (rows split by token id; the lookup all-reduced, the
     tied output layer's logits all-gathered, see ``TiedOutputHead.output_logits``). Training keeps them whole."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save; then the weight files get an ordinary file's mode. safetensors >= 0.8 writes them
+        0600 whatever the umask (safetensors/safetensors#782), which left a saved model unreadable to other users
+        (a shared cluster, a container running as another user) while its config.json was readable."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        for weights in Path(save_directory).glob("*.safetensors"):
+            os.chmod(weights, 0o666 & ~umask)
 
     def _init_weights(self, module: nn.Module):
         """The original's init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
