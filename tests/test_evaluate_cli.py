@@ -125,14 +125,14 @@ def test_half_precision_totals_stay_close_to_the_originals(golden, shared_dir, t
 
 
 def test_results_json_gets_the_mode_of_an_ordinary_file(tmp_path):
-    """mkstemp creates 0600; a results JSON should be as readable as any file the user's umask allows."""
+    """A results JSON is as readable as any file the user's umask allows (a mkstemp writer made them 0600)."""
     import os
 
-    from torchglm.evaluate_cli import write_json_atomic
+    from torchglm.data.shards import atomic_write_json
 
     old = os.umask(0o022)
     try:
-        write_json_atomic(tmp_path / "results.json", {"accuracy": 0.5})
+        atomic_write_json(tmp_path / "results.json", {"accuracy": 0.5})
         (tmp_path / "plain.json").write_text("{}")
     finally:
         os.umask(old)

@@ -18,9 +18,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -157,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     }
     log.info("%s  [%.1f s]", result.summary(), elapsed)
     if output is not None:
-        write_json_atomic(output, record)
+        from torchglm.data.shards import atomic_write_json
+
+        atomic_write_json(output, record)
         log.info("results: %s", output)
     return 0
 
@@ -251,23 +251,6 @@ def _sha256(path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, record: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a killed run leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(record, out, indent=1, ensure_ascii=False)
-            out.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it 0600: results are an ordinary, shareable file
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def run_harness(args: argparse.Namespace) -> int:
@@ -378,7 +361,7 @@ def run_superglue(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     log.info("%s  [%.1f s]", result.summary(), elapsed)
     if output is not None:
-        from torchglm.data.shards import atomic_write_bytes
+        from torchglm.data.shards import atomic_write_bytes, atomic_write_json
 
         output.mkdir(parents=True, exist_ok=True)
         rows = superglue.submission_rows(task, examples, result.predictions)
@@ -389,6 +372,6 @@ def run_superglue(args: argparse.Namespace) -> int:
         record["head"] = "classifier" if classifier else "cloze"
         if classifier:
             record.update(pool_token=model.config.pool_token, seq_length=seq_length)
-        write_json_atomic(output / "results.json", record)
+        atomic_write_json(output / "results.json", record)
         log.info("predictions: %s", output / name)
     return 0

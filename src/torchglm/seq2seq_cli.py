@@ -147,7 +147,7 @@ def _data_file(data: str, split: str) -> Path:
 
 def write_outputs(folder: Path, name: str, examples, result, record: dict) -> None:
     """hyps, refs, predictions and results, each written to a temporary file and renamed into place."""
-    from torchglm.evaluate_cli import write_json_atomic
+    from torchglm.data.shards import atomic_write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     one_line = [g.text.replace("\n", " ") for g in result.generated]
@@ -158,7 +158,7 @@ def write_outputs(folder: Path, name: str, examples, result, record: dict) -> No
         for g in result.generated
     ]
     write_text_atomic(folder / "predictions.jsonl", "".join(r + "\n" for r in rows))
-    write_json_atomic(folder / "results.json", record)
+    atomic_write_json(folder / "results.json", record)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

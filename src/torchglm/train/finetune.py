@@ -684,9 +684,9 @@ def _train(plan: FinetunePlan, job: JobConfig, world, out: Path):
             if world.is_main:
                 plan.tokenizer.save_pretrained(out / "final")
     if world.is_main:
-        from torchglm.evaluate_cli import write_json_atomic
+        from torchglm.data.shards import atomic_write_json
 
-        write_json_atomic(
+        atomic_write_json(
             out / "results.json",
             {"task": family.name, "steps": steps, "train_examples": len(plan.train_samples),
              "dev_examples": len(plan.dev_samples), "best_metric": metric, "best": best,
